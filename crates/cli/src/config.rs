@@ -1,0 +1,332 @@
+//! Configuration: registry:2's `config.yml` keys and `REGISTRY_*` environment variables,
+//! plus Berth's own settings under `berth:`.
+//!
+//! Every section denies unknown keys, and errors name the key's full path, so a typo
+//! fails at start-up instead of being silently ignored.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// registry:2's config version (`0.1`); accepted for compatibility.
+    #[serde(default)]
+    pub version: Option<Value>,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub storage: Storage,
+    /// registry:2's health checks; Berth's readiness is `GET /v2/`, so these are
+    /// accepted and have no effect.
+    #[serde(default)]
+    pub health: Option<Value>,
+    #[serde(default)]
+    pub berth: Berth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// error, warn, info or debug (registry:2's default: info).
+    pub level: Option<String>,
+    /// text, json or logstash (logstash is written as json).
+    pub formatter: Option<String>,
+    /// Static fields registry:2 adds to each line; accepted for compatibility.
+    #[serde(default)]
+    pub fields: Option<Value>,
+    #[serde(default)]
+    pub accesslog: AccessLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Listen address, `host:port` or `:port` (all interfaces).
+    pub addr: Option<String>,
+    /// Externally visible base URL; accepted for compatibility (Location headers are
+    /// built from the request's Host, or relative with `relativeurls`).
+    pub host: Option<String>,
+    #[serde(default)]
+    pub relativeurls: bool,
+    /// registry:2 signs upload state with it; Berth keeps upload state server-side, so
+    /// it is accepted and unused.
+    pub secret: Option<String>,
+    /// Headers added to every response.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    #[serde(default)]
+    pub delete: Delete,
+    #[serde(default)]
+    pub maintenance: Maintenance,
+    /// registry:2's descriptor cache; Berth reads descriptors from its metadata store,
+    /// so this is accepted and has no effect.
+    #[serde(default)]
+    pub cache: Option<Value>,
+    #[serde(default)]
+    pub redirect: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    pub rootdirectory: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    #[serde(default)]
+    pub uploadpurging: UploadPurging,
+    #[serde(default)]
+    pub readonly: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadPurging {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long an upload session may sit idle before it is purged.
+    #[serde(default = "default_age", with = "duration")]
+    pub age: Duration,
+    /// How often idle sessions are looked for.
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurging {
+    fn default() -> Self {
+        UploadPurging { enabled: true, age: default_age(), interval: default_interval(), dryrun: false }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_age() -> Duration {
+    Duration::from_secs(168 * 3600)
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Settings registry:2 does not have.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Berth {
+    #[serde(default)]
+    pub database: Database,
+    #[serde(default)]
+    pub manifests: Manifests,
+    /// Allow listening beyond loopback without authentication.
+    #[serde(default)]
+    pub allowunauthenticated: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// sqlx URL of the metadata database; default `sqlite://<root>/berth/metadata.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifests {
+    /// Largest manifest accepted, in bytes (default 4 MiB).
+    pub maxsize: Option<usize>,
+}
+
+/// Go-style durations as registry:2 writes them (`168h`, `10m`, `1h30m`).
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+pub const DEFAULT_ROOT: &str = "data";
+
+impl Config {
+    /// Loads the YAML file (if any), then applies `REGISTRY_*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml_ng::from_str::<Value>(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+        for (key, value) in env {
+            if let Some(path) = key.strip_prefix("REGISTRY_") {
+                apply_env(&mut tree, &key, path, &value)?;
+            }
+        }
+        serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("invalid configuration at `{path}`: {}", e.into_inner())
+        })
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.storage.filesystem.rootdirectory.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+
+    pub fn database_url(&self) -> String {
+        self.berth
+            .database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.root().join("berth/metadata.db").display()))
+    }
+
+    /// The listen address; `:5000` means every interface, as in registry:2.
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr = self.http.addr.as_deref().unwrap_or(DEFAULT_ADDR);
+        let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_owned() };
+        let full = full.replacen("localhost:", "127.0.0.1:", 1);
+        full.parse().with_context(|| format!("invalid `http.addr` {addr:?}: expected host:port or :port"))
+    }
+
+    pub fn log_level(&self) -> anyhow::Result<&str> {
+        let level = self.log.level.as_deref().unwrap_or("info");
+        match level {
+            "error" | "warn" | "info" | "debug" | "trace" => Ok(level),
+            "warning" => Ok("warn"),
+            "panic" | "fatal" => Ok("error"),
+            _ => bail!("invalid `log.level` {level:?}: expected error, warn, info or debug"),
+        }
+    }
+
+    pub fn json_logs(&self) -> anyhow::Result<bool> {
+        match self.log.formatter.as_deref().unwrap_or("text") {
+            "text" => Ok(false),
+            "json" | "logstash" => Ok(true),
+            other => bail!("invalid `log.formatter` {other:?}: expected text, json or logstash"),
+        }
+    }
+}
+
+/// Sets `storage.filesystem.rootdirectory` from `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`:
+/// each `_` descends one level, as registry:2 maps its variables.
+fn apply_env(tree: &mut Value, key: &str, path: &str, value: &str) -> anyhow::Result<()> {
+    let parts: Vec<String> = path.split('_').map(str::to_ascii_lowercase).collect();
+    if parts.iter().any(String::is_empty) {
+        bail!("invalid environment variable {key}");
+    }
+    let mut node = tree;
+    for part in &parts[..parts.len() - 1] {
+        let map = node
+            .as_mapping_mut()
+            .with_context(|| format!("{key}: `{part}` is not a section"))?;
+        let child = map.entry(Value::String(part.clone())).or_insert(Value::Null);
+        if child.is_null() {
+            *child = Value::Mapping(Mapping::new());
+        }
+        node = child;
+    }
+    let map = node.as_mapping_mut().with_context(|| format!("{key}: not inside a section"))?;
+    // Values are YAML scalars, so `true` and `5000` get their natural types.
+    let parsed = serde_yaml_ng::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    let parsed = if parsed.is_null() { Value::String(value.to_owned()) } else { parsed };
+    map.insert(Value::String(parts[parts.len() - 1].clone()), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn registry2_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yml");
+        std::fs::write(
+            &file,
+            "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:5999"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+                ("REGISTRY_LOG_LEVEL", "debug"),
+                ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2h"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.addr().unwrap(), "127.0.0.1:5999".parse().unwrap());
+        assert!(c.storage.delete.enabled);
+        assert_eq!(c.root(), PathBuf::from("/var/lib/registry"));
+        assert_eq!(c.log_level().unwrap(), "debug");
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
+        assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::load(None, env(&[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIR", "/x")])).unwrap_err();
+        assert!(err.to_string().contains("storage.filesystem"), "{err}");
+        assert!(err.to_string().contains("rootdir"), "{err}");
+        let err = Config::load(None, env(&[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("storage.delete.enabled"), "{err}");
+        let c = Config::load(None, env(&[("REGISTRY_LOG_LEVEL", "loud")])).unwrap();
+        assert!(c.log_level().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.addr().unwrap(), DEFAULT_ADDR.parse().unwrap());
+        assert!(!c.storage.delete.enabled);
+        assert_eq!(c.database_url(), "sqlite://data/berth/metadata.db");
+        let all = Config::load(None, env(&[("REGISTRY_HTTP_ADDR", ":5000")])).unwrap();
+        assert!(all.addr().unwrap().ip().is_unspecified());
+    }
+}

@@ -1,0 +1,96 @@
+//! Assembly of a Berth server from its configuration: stores, registry service, HTTP
+//! edge, background tasks, and the process lifecycle.
+
+pub mod config;
+
+use anyhow::{bail, Context};
+use axum::http::{HeaderName, HeaderValue};
+use berth_http::EdgeOptions;
+use berth_metadata::MetadataStore;
+use berth_registry::{Registry, Settings};
+use berth_storage::FsBlobStore;
+use config::Config;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The registry service and its HTTP router, built from a configuration.
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub router: axum::Router,
+}
+
+pub async fn build(config: &Config) -> anyhow::Result<App> {
+    let root = config.root();
+    let blobs = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+    let url = config.database_url();
+    let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
+    let settings = Settings {
+        delete_enabled: config.storage.delete.enabled,
+        max_manifest_size: config.berth.manifests.maxsize.unwrap_or(Settings::default().max_manifest_size),
+        upload_idle_timeout: config.storage.maintenance.uploadpurging.age,
+    };
+    let registry = Arc::new(Registry::new(Arc::new(blobs), meta, settings));
+    let router = berth_http::router(registry.clone(), edge_options(config)?);
+    Ok(App { registry, router })
+}
+
+fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
+    let mut headers = Vec::new();
+    for (name, values) in &config.http.headers {
+        let header = HeaderName::try_from(name.as_str()).with_context(|| format!("invalid header name in `http.headers`: {name:?}"))?;
+        for v in values {
+            let value = HeaderValue::try_from(v.as_str()).with_context(|| format!("invalid value for `http.headers.{name}`"))?;
+            headers.push((header.clone(), value));
+        }
+    }
+    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers })
+}
+
+/// Runs the server until SIGTERM or Ctrl-C, then lets in-flight requests finish.
+pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Result<()> {
+    let addr = config.addr()?;
+    if !addr.ip().is_loopback() && !(allow_unauthenticated || config.berth.allowunauthenticated) {
+        bail!(
+            "refusing to listen on {addr} without authentication: anyone who reaches it could push and delete. \
+             Listen on loopback, or pass --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
+        );
+    }
+    let app = build(&config).await?;
+    let purging = &config.storage.maintenance.uploadpurging;
+    if purging.enabled && !purging.dryrun {
+        tokio::spawn(purge_uploads(app.registry.clone(), purging.interval));
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(%addr, root = %config.root().display(), "berth is ready");
+    axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn purge_uploads(registry: Arc<Registry>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        match registry.purge_idle_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e.message, "purging idle upload sessions failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}

@@ -1,0 +1,77 @@
+//! `berth`: a container image registry.
+
+use berth::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A container image registry: OCI Distribution v1.1, drop-in for registry:2")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry server.
+    ///
+    /// Configuration comes from CONFIG (registry:2's config.yml format) and from
+    /// REGISTRY_* environment variables, which override the file
+    /// (REGISTRY_HTTP_ADDR = http.addr). Without any, Berth listens on 127.0.0.1:5000
+    /// with data under ./data.
+    Serve {
+        /// Path of a YAML configuration file.
+        config: Option<PathBuf>,
+        /// Listen beyond loopback without authentication (otherwise refused).
+        #[arg(long)]
+        allow_unauthenticated: bool,
+    },
+    /// Check a configuration and print the effective settings, then exit.
+    CheckConfig {
+        /// Path of a YAML configuration file.
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Config::load(path.map(PathBuf::as_path), std::env::vars())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.log_level().unwrap_or("info")));
+    config.log_level()?;
+    if config.log.accesslog.disabled {
+        filter = filter.add_directive("berth::access=off".parse()?);
+    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.json_logs()? {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve { config, allow_unauthenticated } => {
+            let config = load(config.as_ref())?;
+            init_logging(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(berth::serve(config, allow_unauthenticated))
+        }
+        Command::CheckConfig { config } => {
+            let config = load(config.as_ref())?;
+            config.log_level()?;
+            config.json_logs()?;
+            println!("listen: {}", config.addr()?);
+            println!("storage: filesystem at {}", config.root().display());
+            println!("metadata: {}", config.database_url());
+            println!("delete enabled: {}", config.storage.delete.enabled);
+            Ok(())
+        }
+    }
+}

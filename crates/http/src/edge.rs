@@ -1,0 +1,85 @@
+//! What every response shares: request ids, the access log, the API version header,
+//! operator-configured headers, and how URLs in `Location` headers are built.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use std::sync::Arc;
+use std::time::Instant;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// Options of the HTTP edge, from the `http` section of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeOptions {
+    /// `http.relativeurls`: `Location` headers without scheme and host.
+    pub relative_urls: bool,
+    /// `http.headers`: added to every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+pub(crate) fn wrap(router: Router, options: Arc<EdgeOptions>) -> Router {
+    router
+        .layer(middleware::from_fn(move |req, next| access_log(options.clone(), req, next)))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// One log line per request, with the request id clients and proxies can quote.
+async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    for (name, value) in &options.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    tracing::info!(
+        target: "berth::access",
+        request_id,
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    resp
+}
+
+/// The URL of `path` as the client reached us: absolute like registry:2 unless
+/// `http.relativeurls` is set, honouring the headers a TLS-terminating proxy adds.
+pub(crate) fn url(options: &EdgeOptions, headers: &HeaderMap, path: &str) -> String {
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.split(',').next().unwrap_or(h).trim());
+    match host {
+        Some(host) if !options.relative_urls && !host.is_empty() => {
+            let scheme = headers
+                .get("x-forwarded-proto")
+                .and_then(|h| h.to_str().ok())
+                .map(|p| p.split(',').next().unwrap_or(p).trim())
+                .filter(|p| *p == "https" || *p == "http")
+                .unwrap_or("http");
+            format!("{scheme}://{host}{path}")
+        }
+        _ => path.to_owned(),
+    }
+}

@@ -1,0 +1,475 @@
+use berth_proto::Digest;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use sqlx::Error;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The metadata store. SQLite allows one writer at a time, so writes go through a pool
+/// of one connection (queued in-process instead of failing with SQLITE_BUSY) while reads
+/// use a pool of many; on a server engine both pools are ordinary pools.
+#[derive(Clone)]
+pub struct MetadataStore {
+    read: AnyPool,
+    write: AnyPool,
+}
+
+/// A manifest row as it is stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A manifest to record, with what it references.
+pub struct NewManifest<'a> {
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a Digest>,
+    pub annotations: Option<String>,
+    pub content: &'a [u8],
+    pub blobs: Vec<&'a Digest>,
+    pub children: Vec<&'a Digest>,
+}
+
+/// One entry of a referrers listing.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// Why a manifest could not be recorded.
+#[derive(Debug)]
+pub enum PutManifestError {
+    /// A referenced blob or child manifest is not in the repository.
+    Missing(String),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for PutManifestError {
+    fn from(e: sqlx::Error) -> Self {
+        PutManifestError::Db(e)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub repository: String,
+    pub size: u64,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const BLOB: &str = "blob";
+const MANIFEST: &str = "manifest";
+
+impl MetadataStore {
+    /// Opens the database at `url` (`sqlite://path` today) and brings its schema up to
+    /// date.
+    pub async fn open(url: &str) -> Result<MetadataStore> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if sqlite {
+                            // WAL lets readers run beside the writer; FULL makes each commit
+                            // durable before the client hears 201.
+                            conn.execute(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                                 PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let url = if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
+        let write = options().max_connections(if sqlite { 1 } else { 16 }).connect(&url).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = options().max_connections(16).min_connections(1).connect(&url).await?;
+        Ok(MetadataStore { read, write })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        self.write.begin().await
+    }
+
+    // ---- repositories -------------------------------------------------------------
+
+    async fn ensure_repository(tx: &mut Transaction<'static, Any>, name: &str) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(now_millis())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)
+    }
+
+    pub async fn repository_id(&self, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// Repository names after `last`, in byte order.
+    pub async fn catalog(&self, last: &str, limit: u32) -> Result<Vec<String>> {
+        sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(last)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect()
+    }
+
+    // ---- blobs --------------------------------------------------------------------
+
+    /// Size of a blob linked to the repository.
+    pub async fn linked_blob(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM blobs b \
+             JOIN repository_blobs rb ON rb.digest = b.digest \
+             JOIN repositories r ON r.id = rb.repository_id \
+             WHERE r.name = $1 AND b.digest = $2",
+        )
+        .bind(repository)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64)).transpose()
+    }
+
+    /// Size of a blob known to the registry, in any repository.
+    pub async fn blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64)).transpose()
+    }
+
+    /// Records a durable blob, links it to the repository and closes the upload session
+    /// that produced it, in one transaction.
+    pub async fn commit_blob(&self, repository: &str, digest: &Digest, size: u64, upload: Option<&str>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo = Self::ensure_repository(&mut tx, repository).await?;
+        let now = now_millis();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.as_str())
+            .bind(size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        Self::link(&mut tx, repo, digest, now).await?;
+        if let Some(id) = upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn link(tx: &mut Transaction<'static, Any>, repo: i64, digest: &Digest, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Links an already known blob into another repository (cross-repository mount).
+    /// Returns false when the blob is not known to the registry.
+    pub async fn mount_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if known {
+            let repo = Self::ensure_repository(&mut tx, repository).await?;
+            Self::link(&mut tx, repo, digest, now_millis()).await?;
+            tx.commit().await?;
+        }
+        Ok(known)
+    }
+
+    /// Removes a blob's link from a repository. The bytes stay until garbage collection
+    /// finds them unreferenced everywhere.
+    pub async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository)
+        .bind(digest.as_str())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- manifests and tags -------------------------------------------------------
+
+    /// Records a manifest, what it references, and optionally moves a tag to it, in one
+    /// transaction. Every referenced blob and child manifest must be in the repository.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        m: &NewManifest<'_>,
+        tag: Option<&str>,
+    ) -> std::result::Result<(), PutManifestError> {
+        let mut tx = self.begin().await?;
+        let repo = Self::ensure_repository(&mut tx, repository).await?;
+        for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
+            for target in targets.iter() {
+                let sql = if kind == BLOB {
+                    "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
+                } else {
+                    "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
+                };
+                let found = sqlx::query(sql)
+                    .bind(repo)
+                    .bind(target.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(PutManifestError::Missing(target.to_string()));
+                }
+            }
+        }
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo)
+        .bind(m.digest.as_str())
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.subject.map(Digest::as_str))
+        .bind(m.annotations.as_deref())
+        .bind(m.content.len() as i64)
+        .bind(m.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
+            for target in targets.iter() {
+                sqlx::query(
+                    "INSERT INTO manifest_references (repository_id, manifest_digest, target_digest, kind) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(repo)
+                .bind(m.digest.as_str())
+                .bind(target.as_str())
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(tag) = tag {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = $3, updated_at = $4",
+            )
+            .bind(repo)
+            .bind(tag)
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn manifest_from(row: &AnyRow) -> Result<StoredManifest> {
+        Ok(StoredManifest { digest: row.try_get(0)?, media_type: row.try_get(1)?, content: row.try_get(2)? })
+    }
+
+    pub async fn manifest_by_digest(&self, repository: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
+        sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repository)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(Self::manifest_from)
+        .transpose()
+    }
+
+    pub async fn manifest_by_tag(&self, repository: &str, tag: &str) -> Result<Option<StoredManifest>> {
+        sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM tags t \
+             JOIN repositories r ON r.id = t.repository_id \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repository)
+        .bind(tag)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(Self::manifest_from)
+        .transpose()
+    }
+
+    /// Deletes a manifest, the tags on it and its references. Returns false if absent.
+    pub async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let repo: i64 = repo.try_get(0)?;
+        let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(repo)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for sql in [
+            "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+        ] {
+            sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// Removes one tag; the manifest stays. Returns false if there was no such tag.
+    pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repository)
+        .bind(tag)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Tag names after `last` in byte order, at most `limit`.
+    pub async fn tags(&self, repository_id: i64, last: &str, limit: u32) -> Result<Vec<String>> {
+        sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repository_id)
+            .bind(last)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect()
+    }
+
+    /// Manifests in the repository whose subject is `subject`, optionally of one
+    /// artifact type, ordered by digest.
+    pub async fn referrers(&self, repository: &str, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+        sqlx::query(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repository)
+        .bind(subject.as_str())
+        .bind(artifact_type)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Referrer {
+                digest: r.try_get(0)?,
+                media_type: r.try_get(1)?,
+                size: r.try_get(2)?,
+                artifact_type: r.try_get(3)?,
+                annotations: r.try_get(4)?,
+            })
+        })
+        .collect()
+    }
+
+    // ---- upload sessions ----------------------------------------------------------
+
+    pub async fn create_upload(&self, id: &str, repository: &str) -> Result<()> {
+        let now = now_millis();
+        sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
+            .bind(id)
+            .bind(repository)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
+        let row = sqlx::query("SELECT repository, size FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok(Upload { repository: r.try_get(0)?, size: r.try_get::<i64, _>(1)? as u64 }))
+            .transpose()
+    }
+
+    /// Moves a session's durable offset from `from` to `to`. False when the session is
+    /// gone or another request moved it first: the caller's bytes are then not part of
+    /// the upload.
+    pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
+        let done = sqlx::query("UPDATE uploads SET size = $3, updated_at = $4 WHERE id = $1 AND size = $2")
+            .bind(id)
+            .bind(from as i64)
+            .bind(to as i64)
+            .bind(now_millis())
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Ids of sessions idle since before `cutoff_millis`.
+    pub async fn idle_uploads(&self, cutoff_millis: i64) -> Result<Vec<String>> {
+        sqlx::query("SELECT id FROM uploads WHERE updated_at < $1 LIMIT 1000")
+            .bind(cutoff_millis)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect()
+    }
+}

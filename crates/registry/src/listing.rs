@@ -1,0 +1,49 @@
+//! Tag and repository listings, paginated by key: a page costs a page.
+
+use crate::{Registry, RegistryError, Result};
+use berth_proto::{ErrorCode, RepositoryName};
+
+/// The most entries one catalog page returns (registry:2's `catalog.maxentries`).
+const MAX_CATALOG_PAGE: u32 = 1000;
+/// The most tags one page returns when the client asks for a page size.
+const MAX_TAG_PAGE: u32 = 10_000;
+
+/// A page of names, and whether more follow it.
+#[derive(Debug)]
+pub struct Page {
+    pub names: Vec<String>,
+    pub more: bool,
+}
+
+impl Page {
+    /// Fetching one extra row tells whether another page exists without a count query.
+    fn from_fetch(mut names: Vec<String>, limit: u32) -> Page {
+        let more = names.len() > limit as usize;
+        names.truncate(limit as usize);
+        Page { names, more }
+    }
+}
+
+impl Registry {
+    /// Tags after `last`; without `n`, every tag (as registry:2 does).
+    pub async fn tags(&self, repo: &RepositoryName, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+        let Some(id) = self.meta.repository_id(repo.as_str()).await? else {
+            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")));
+        };
+        let limit = n.map_or(u32::MAX - 1, |n| n.min(MAX_TAG_PAGE));
+        if limit == 0 {
+            return Ok(Page { names: Vec::new(), more: false });
+        }
+        let names = self.meta.tags(id, last.unwrap_or(""), limit + 1).await?;
+        Ok(Page::from_fetch(names, limit))
+    }
+
+    pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+        let limit = n.unwrap_or(MAX_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
+        if limit == 0 {
+            return Ok(Page { names: Vec::new(), more: false });
+        }
+        let names = self.meta.catalog(last.unwrap_or(""), limit + 1).await?;
+        Ok(Page::from_fetch(names, limit))
+    }
+}
