@@ -21,12 +21,19 @@ pub struct App {
 
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let root = config.root();
-    let blobs = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+    let blobs = FsBlobStore::open(&root)
+        .with_context(|| format!("opening storage at {}", root.display()))?;
     let url = config.database_url();
-    let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
+    let meta = MetadataStore::open(&url)
+        .await
+        .with_context(|| format!("opening metadata database {url}"))?;
     let settings = Settings {
         delete_enabled: config.storage.delete.enabled,
-        max_manifest_size: config.berth.manifests.maxsize.unwrap_or(Settings::default().max_manifest_size),
+        max_manifest_size: config
+            .berth
+            .manifests
+            .maxsize
+            .unwrap_or(Settings::default().max_manifest_size),
         upload_idle_timeout: config.storage.maintenance.uploadpurging.age,
     };
     let registry = Arc::new(Registry::new(Arc::new(blobs), meta, settings));
@@ -37,19 +44,25 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
 fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
     let mut headers = Vec::new();
     for (name, values) in &config.http.headers {
-        let header = HeaderName::try_from(name.as_str()).with_context(|| format!("invalid header name in `http.headers`: {name:?}"))?;
+        let header = HeaderName::try_from(name.as_str())
+            .with_context(|| format!("invalid header name in `http.headers`: {name:?}"))?;
         for v in values {
-            let value = HeaderValue::try_from(v.as_str()).with_context(|| format!("invalid value for `http.headers.{name}`"))?;
+            let value = HeaderValue::try_from(v.as_str())
+                .with_context(|| format!("invalid value for `http.headers.{name}`"))?;
             headers.push((header.clone(), value));
         }
     }
-    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers })
+    Ok(EdgeOptions {
+        relative_urls: config.http.relativeurls,
+        headers,
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then lets in-flight requests finish.
 pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Result<()> {
     let addr = config.addr()?;
-    if !addr.ip().is_loopback() && !(allow_unauthenticated || config.berth.allowunauthenticated) {
+    let allowed = allow_unauthenticated || config.berth.allowunauthenticated;
+    if !(addr.ip().is_loopback() || allowed) {
         bail!(
             "refusing to listen on {addr} without authentication: anyone who reaches it could push and delete. \
              Listen on loopback, or pass --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
@@ -60,9 +73,13 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     if purging.enabled && !purging.dryrun {
         tokio::spawn(purge_uploads(app.registry.clone(), purging.interval));
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
-    axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app.router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

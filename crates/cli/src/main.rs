@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "A container image registry: OCI Distribution v1.1, drop-in for registry:2")]
+#[command(
+    name = "berth",
+    version,
+    about = "A container image registry: OCI Distribution v1.1, drop-in for registry:2"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,12 +43,16 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.log_level().unwrap_or("info")));
+    let mut filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log_level().unwrap_or("info")));
     config.log_level()?;
     if config.log.accesslog.disabled {
         filter = filter.add_directive("berth::access=off".parse()?);
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if config.json_logs()? {
         builder.json().flatten_event(true).init();
     } else {
@@ -55,7 +63,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve { config, allow_unauthenticated } => {
+        Command::Serve {
+            config,
+            allow_unauthenticated,
+        } => {
             let config = load(config.as_ref())?;
             init_logging(&config)?;
             tokio::runtime::Builder::new_multi_thread()

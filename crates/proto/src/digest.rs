@@ -101,9 +101,11 @@ impl FromStr for Digest {
 /// `[a-z0-9]+([+._-][a-z0-9]+)*` from the image-spec digest grammar.
 fn valid_algorithm_component(alg: &str) -> bool {
     !alg.is_empty()
-        && alg
-            .split(['+', '.', '_', '-'])
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && alg.split(['+', '.', '_', '-']).all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 impl fmt::Display for Digest {
@@ -184,7 +186,11 @@ mod tests {
             "sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         ] {
-            assert_eq!(bad.parse::<Digest>(), Err(DigestError::Invalid(bad.into())), "{bad}");
+            assert_eq!(
+                bad.parse::<Digest>(),
+                Err(DigestError::Invalid(bad.into())),
+                "{bad}"
+            );
         }
         assert_eq!(
             "md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>(),

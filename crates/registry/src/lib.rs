@@ -50,7 +50,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, meta: MetadataStore, settings: Settings) -> Registry {
-        Registry { blobs, meta, settings, sessions: uploads::Sessions::default() }
+        Registry {
+            blobs,
+            meta,
+            settings,
+            sessions: uploads::Sessions::default(),
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -61,7 +66,10 @@ impl Registry {
         if self.settings.delete_enabled {
             Ok(())
         } else {
-            Err(RegistryError::new(ErrorCode::Unsupported, "deletion is disabled (storage.delete.enabled)"))
+            Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                "deletion is disabled (storage.delete.enabled)",
+            ))
         }
     }
 
@@ -74,7 +82,12 @@ impl Registry {
     }
 
     /// Opens a blob, or a range of it, for streaming.
-    pub async fn read_blob(&self, repo: &RepositoryName, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+    pub async fn read_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream> {
         self.blob_size(repo, digest).await?;
         match self.blobs.read(digest, range).await {
             Ok(stream) => Ok(stream),
@@ -99,9 +112,19 @@ impl Registry {
 
     /// Cross-repository mount: links a blob into `repo` when it is readable from `from`
     /// (or, without `from`, anywhere in the registry). False means "upload it instead".
-    pub async fn mount_blob(&self, repo: &RepositoryName, digest: &Digest, from: Option<&RepositoryName>) -> Result<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+    ) -> Result<bool> {
         if let Some(from) = from {
-            if self.meta.linked_blob(from.as_str(), digest).await?.is_none() {
+            if self
+                .meta
+                .linked_blob(from.as_str(), digest)
+                .await?
+                .is_none()
+            {
                 return Ok(false);
             }
         }

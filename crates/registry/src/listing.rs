@@ -26,13 +26,24 @@ impl Page {
 
 impl Registry {
     /// Tags after `last`; without `n`, every tag (as registry:2 does).
-    pub async fn tags(&self, repo: &RepositoryName, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+    pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        last: Option<&str>,
+        n: Option<u32>,
+    ) -> Result<Page> {
         let Some(id) = self.meta.repository_id(repo.as_str()).await? else {
-            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")));
+            return Err(RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repo} is not known"),
+            ));
         };
         let limit = n.map_or(u32::MAX - 1, |n| n.min(MAX_TAG_PAGE));
         if limit == 0 {
-            return Ok(Page { names: Vec::new(), more: false });
+            return Ok(Page {
+                names: Vec::new(),
+                more: false,
+            });
         }
         let names = self.meta.tags(id, last.unwrap_or(""), limit + 1).await?;
         Ok(Page::from_fetch(names, limit))
@@ -41,7 +52,10 @@ impl Registry {
     pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
         let limit = n.unwrap_or(MAX_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
         if limit == 0 {
-            return Ok(Page { names: Vec::new(), more: false });
+            return Ok(Page {
+                names: Vec::new(),
+                more: false,
+            });
         }
         let names = self.meta.catalog(last.unwrap_or(""), limit + 1).await?;
         Ok(Page::from_fetch(names, limit))

@@ -49,7 +49,10 @@ impl Registry {
         if self.blobs.stat(&digest).await?.is_none() {
             self.blobs.put_bytes(&digest, bytes.clone()).await?;
         }
-        let annotations = manifest.annotations.as_ref().map(|a| Value::Object(a.clone()).to_string());
+        let annotations = manifest
+            .annotations
+            .as_ref()
+            .map(|a| Value::Object(a.clone()).to_string());
         let record = NewManifest {
             digest: &digest,
             media_type: &manifest.media_type,
@@ -65,7 +68,10 @@ impl Registry {
             Reference::Digest(_) => None,
         };
         match self.meta.put_manifest(repo.as_str(), &record, tag).await {
-            Ok(()) => Ok(ManifestPut { subject: manifest.subject.map(|s| s.digest), digest }),
+            Ok(()) => Ok(ManifestPut {
+                subject: manifest.subject.map(|s| s.digest),
+                digest,
+            }),
             Err(PutManifestError::Missing(target)) => Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("manifest references {target}, which is not in repository {repo}"),
@@ -75,7 +81,11 @@ impl Registry {
         }
     }
 
-    pub async fn get_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<StoredManifest> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
             Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
@@ -86,15 +96,29 @@ impl Registry {
         }
     }
 
-    async fn manifest_unknown(&self, repo: &RepositoryName, reference: &Reference) -> RegistryError {
+    async fn manifest_unknown(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> RegistryError {
         match self.meta.repository_id(repo.as_str()).await {
-            Ok(None) => RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")),
-            _ => RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {reference} is not in {repo}")),
+            Ok(None) => RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repo} is not known"),
+            ),
+            _ => RegistryError::new(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {reference} is not in {repo}"),
+            ),
         }
     }
 
     /// Deletes a manifest by digest (with its tags), or only a tag.
-    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
         self.require_delete()?;
         let deleted = match reference {
             Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str()).await?,
@@ -108,8 +132,16 @@ impl Registry {
     }
 
     /// The referrers of `subject` as an OCI image index.
-    pub async fn referrers(&self, repo: &RepositoryName, subject: &Digest, artifact_type: Option<&str>) -> Result<Referrers> {
-        let rows = self.meta.referrers(repo.as_str(), subject, artifact_type).await?;
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers> {
+        let rows = self
+            .meta
+            .referrers(repo.as_str(), subject, artifact_type)
+            .await?;
         let manifests: Vec<Value> = rows
             .into_iter()
             .map(|r| {
@@ -120,13 +152,20 @@ impl Registry {
                 if let Some(t) = r.artifact_type {
                     d.insert("artifactType".into(), t.into());
                 }
-                if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<Value>(&a).ok()) {
+                if let Some(a) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+                {
                     d.insert("annotations".into(), a);
                 }
                 Value::Object(d)
             })
             .collect();
-        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
-        Ok(Referrers { body: index.to_string().into_bytes(), filtered: artifact_type.is_some() })
+        let index =
+            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        Ok(Referrers {
+            body: index.to_string().into_bytes(),
+            filtered: artifact_type.is_some(),
+        })
     }
 }
