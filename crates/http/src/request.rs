@@ -43,7 +43,10 @@ pub(crate) fn page_size(q: &HashMap<String, String>) -> Result<Option<u32>, ApiE
     q.get("n")
         .map(|n| {
             n.parse::<u32>().map_err(|_| {
-                ApiError::new(ErrorCode::Unsupported, format!("invalid page size n={n:?}"))
+                ApiError::new(
+                    ErrorCode::PaginationNumberInvalid,
+                    format!("invalid page size n={n:?}"),
+                )
             })
         })
         .transpose()

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// A listing's `n` that is not a page size (registry:2's code).
+    PaginationNumberInvalid,
     /// A `Range`/`Content-Range` that does not fit the blob or the upload's offset.
     RangeInvalid,
     /// A body larger than the registry accepts (manifests over the configured limit).
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::Internal => "UNKNOWN",
         }
     }
@@ -62,7 +65,8 @@ impl ErrorCode {
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid
-            | ErrorCode::TagInvalid => 400,
+            | ErrorCode::TagInvalid
+            | ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
+            ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::Internal => "internal server error",
         }
     }
