@@ -277,7 +277,11 @@ class Server:
         self.slot, self.bin, self.work = slot, binpath, work
         self.proc, self.port, self.datadir = None, None, None
         vers = subprocess.run([binpath, "--version"], capture_output=True, text=True, timeout=30)
-        self.version = (vers.stdout + vers.stderr).strip().splitlines()[0] if (vers.stdout + vers.stderr).strip() else "?"
+        text = (vers.stdout + vers.stderr).strip()
+        self.version = text.splitlines()[0] if text else "?"
+        first = self.version.split(" ", 1)
+        if "/" in first[0] and len(first) == 2:   # Distribution prints its argv[0] first
+            self.version = first[1]
         self.is_distribution = "distribution" in self.version.lower()
         self.logn = 0
 
@@ -302,7 +306,8 @@ class Server:
         else:
             argv = [self.bin, "serve"]
         self.logn += 1
-        logf = open(os.path.join(self.work, f"{self.slot}-{self.logn}.log"), "w")
+        self.logpath = os.path.join(self.work, f"{self.slot}-{self.logn}.log")
+        logf = open(self.logpath, "w")
         t0 = time.monotonic()
         self.proc = PROCS.spawn(argv, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -320,6 +325,15 @@ class Server:
                 pass
             time.sleep(0.002)
         raise StepFailed(f"{self.slot} not ready within 120 s")
+
+    def died(self):
+        """Describe a server that exited on its own, with the tail of its log."""
+        rc = self.proc.returncode
+        sig = f" (signal {signal.Signals(-rc).name})" if rc < 0 else ""
+        with open(self.logpath, errors="replace") as f:
+            tail = f.read()[-3000:]
+        PROCS.reap(self.proc)
+        return f"{self.slot} server process exited with code {rc}{sig}; log {self.logpath} ends:\n{tail}"
 
     def stop(self):
         if self.proc:
@@ -414,8 +428,18 @@ class Bench:
         self.args, self.cfg, self.work = args, cfg, work
         self.data = os.path.join(work, "data")
         os.makedirs(self.data)
-        self.servers = [Server("berth", args.berth_bin, work),
-                        Server("distribution", args.distribution_bin, work)]
+        # Run private copies, so a concurrent rebuild of target/release/berth cannot
+        # replace the executable under a running server.
+        bindir = os.path.join(work, "bin")
+        os.makedirs(bindir)
+        bins = {}
+        for slot, path in (("berth", args.berth_bin), ("distribution", args.distribution_bin)):
+            bins[slot] = os.path.join(bindir, f"{slot}-{os.path.basename(path)}")
+            shutil.copy2(path, bins[slot])
+        self.servers = [Server("berth", bins["berth"], work),
+                        Server("distribution", bins["distribution"], work)]
+        for s, path in zip(self.servers, (args.berth_bin, args.distribution_bin)):
+            s.origin = path
         self.results = {}   # figure -> {"berth": [..], "distribution": [..]}
         self.notes = {}     # figure -> text
         self.limits = {}
@@ -446,7 +470,11 @@ class Bench:
         for r in range(rounds):
             order = self.servers if r % 2 == 0 else self.servers[::-1]
             for s in order:
-                self.step(f"{fn.__name__} [{s.slot}] round {r + 1}", fn, s, r)
+                what = f"{fn.__name__} [{s.slot}] round {r + 1}"
+                self.step(what, fn, s, r)
+                if s.proc is not None and s.proc.poll() is not None:
+                    self.fail(what, s.died())
+                    s.proc = None
 
     def fresh_dirs(self):
         self.phase_n += 1
@@ -464,11 +492,14 @@ class Bench:
                 self.fail(f"start {s.slot}", e)
         return ok
 
-    def stop_all(self, dirs):
+    def stop_all(self, dirs, remove=True):
+        """Stop both servers; remove the phase's storage now (bulky phases) or leave it for
+        run.sh's final cleanup (inode-heavy phases, where rm takes minutes)."""
         for s in self.servers:
             s.stop()
-        for d in dirs.values():
-            shutil.rmtree(d, ignore_errors=True)
+        for d in dirs.values() if remove else ():
+            if os.path.exists(d):
+                run(["rm", "-rf", d], timeout=1800, check=False)
 
     # -- machine limits
     def machine_limits(self):
@@ -481,17 +512,19 @@ class Bench:
         srv = PROCS.spawn(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            out = None
-            for _ in range(100):
+            j = {"error": "not run"}
+            for _ in range(100):   # the server may not be listening yet
+                out = run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(c["iperf_s"]), "-J"],
+                          timeout=60, check=False)
                 try:
-                    out = run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(c["iperf_s"]), "-J"],
-                              timeout=60)
+                    j = json.loads(out)
+                except ValueError:
+                    j = {"error": out[-500:]}
+                if "error" not in j and "sum_received" in j.get("end", {}):
                     break
-                except StepFailed:
-                    time.sleep(0.05)
-            if out is None:
-                raise StepFailed("iperf3 client never connected")
-            j = json.loads(out)
+                time.sleep(0.05)
+            else:
+                raise StepFailed(f"iperf3 client failed: {j.get('error')}")
             self.limits["loopback"] = j["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
         finally:
             PROCS.reap(srv)
@@ -855,10 +888,9 @@ class Bench:
                         raise StepFailed(f"GET {path} -> 200 with {len(tags or [])} tags, "
                                          f"first {tags[:2] if tags else None}; expected {want[:2]}..{want[-1:]}")
                 self.record(fig, s.slot, dt * 1000)
-            self.servers_subset = started
             self.alternate(c["page_samples"], page)
         finally:
-            self.stop_all(dirs)
+            self.stop_all(dirs, remove=False)
 
     # -- 10k repos startup
     def many_repos(self):
@@ -893,7 +925,7 @@ class Bench:
                         raise StepFailed("after restart: " + desc("GET", path, st, h, b))
             self.alternate(c["restarts"], restart)
         finally:
-            self.stop_all(dirs)
+            self.stop_all(dirs, remove=False)
 
     # -- main
     def main(self):
@@ -976,8 +1008,8 @@ def report(b, command, smoke, elapsed):
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine_info()}",
-        f"- Berth: `{bsrv.bin}` — `{bsrv.version}`",
-        f"- Distribution: `{dsrv.bin}` — `{dsrv.version}`",
+        f"- Berth: `{bsrv.origin}` — `{bsrv.version}`",
+        f"- Distribution: `{dsrv.origin}` — `{dsrv.version}`",
         f"- Storage: filesystem driver, one fresh directory per server and phase under `{b.work}`"
         f" ({b.args.fs_info}); no auth; plain HTTP on 127.0.0.1.",
         "- Physical limits (same run): "

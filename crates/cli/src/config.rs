@@ -127,12 +127,7 @@ pub struct UploadPurging {
 
 impl Default for UploadPurging {
     fn default() -> Self {
-        UploadPurging {
-            enabled: true,
-            age: default_age(),
-            interval: default_interval(),
-            dryrun: false,
-        }
+        UploadPurging { enabled: true, age: default_age(), interval: default_interval(), dryrun: false }
     }
 }
 
@@ -182,8 +177,7 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }
 
@@ -192,16 +186,11 @@ pub const DEFAULT_ROOT: &str = "data";
 
 impl Config {
     /// Loads the YAML file (if any), then applies `REGISTRY_*` variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> anyhow::Result<Config> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
         let mut tree = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_yaml_ng::from_str::<Value>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                serde_yaml_ng::from_str::<Value>(&text).with_context(|| format!("parsing {}", path.display()))?
             }
             None => Value::Mapping(Mapping::new()),
         };
@@ -220,33 +209,23 @@ impl Config {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.storage
-            .filesystem
-            .rootdirectory
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+        self.storage.filesystem.rootdirectory.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
     }
 
     pub fn database_url(&self) -> String {
-        self.berth.database.url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}",
-                self.root().join("berth/metadata.db").display()
-            )
-        })
+        self.berth
+            .database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.root().join("berth/metadata.db").display()))
     }
 
     /// The listen address; `:5000` means every interface, as in registry:2.
     pub fn addr(&self) -> anyhow::Result<SocketAddr> {
         let addr = self.http.addr.as_deref().unwrap_or(DEFAULT_ADDR);
-        let full = if addr.starts_with(':') {
-            format!("0.0.0.0{addr}")
-        } else {
-            addr.to_owned()
-        };
+        let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_owned() };
         let full = full.replacen("localhost:", "127.0.0.1:", 1);
-        full.parse()
-            .with_context(|| format!("invalid `http.addr` {addr:?}: expected host:port or :port"))
+        full.parse().with_context(|| format!("invalid `http.addr` {addr:?}: expected host:port or :port"))
     }
 
     pub fn log_level(&self) -> anyhow::Result<&str> {
@@ -277,28 +256,17 @@ fn apply_env(tree: &mut Value, key: &str, path: &str, value: &str) -> anyhow::Re
     }
     let mut node = tree;
     for part in &parts[..parts.len() - 1] {
-        let map = node
-            .as_mapping_mut()
-            .with_context(|| format!("{key}: `{part}` is not a section"))?;
-        let child = map
-            .entry(Value::String(part.clone()))
-            .or_insert(Value::Null);
+        let map = node.as_mapping_mut().with_context(|| format!("{key}: `{part}` is not a section"))?;
+        let child = map.entry(Value::String(part.clone())).or_insert(Value::Null);
         if child.is_null() {
             *child = Value::Mapping(Mapping::new());
         }
         node = child;
     }
-    let map = node
-        .as_mapping_mut()
-        .with_context(|| format!("{key}: not inside a section"))?;
+    let map = node.as_mapping_mut().with_context(|| format!("{key}: not inside a section"))?;
     // Values are YAML scalars, so `true` and `5000` get their natural types.
-    let parsed =
-        serde_yaml_ng::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-    let parsed = if parsed.is_null() {
-        Value::String(value.to_owned())
-    } else {
-        parsed
-    };
+    let parsed = serde_yaml_ng::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    let parsed = if parsed.is_null() { Value::String(value.to_owned()) } else { parsed };
     map.insert(Value::String(parts[parts.len() - 1].clone()), parsed);
     Ok(())
 }
@@ -308,10 +276,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -338,24 +303,16 @@ mod tests {
         assert!(c.storage.delete.enabled);
         assert_eq!(c.root(), PathBuf::from("/var/lib/registry"));
         assert_eq!(c.log_level().unwrap(), "debug");
-        assert_eq!(
-            c.storage.maintenance.uploadpurging.age,
-            Duration::from_secs(7200)
-        );
-        assert_eq!(
-            c.http.headers["X-Content-Type-Options"],
-            vec!["nosniff".to_string()]
-        );
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
+        assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff".to_string()]);
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err =
-            Config::load(None, env(&[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIR", "/x")])).unwrap_err();
+        let err = Config::load(None, env(&[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIR", "/x")])).unwrap_err();
         assert!(err.to_string().contains("storage.filesystem"), "{err}");
         assert!(err.to_string().contains("rootdir"), "{err}");
-        let err =
-            Config::load(None, env(&[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])).unwrap_err();
+        let err = Config::load(None, env(&[("REGISTRY_STORAGE_DELETE_ENABLED", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("storage.delete.enabled"), "{err}");
         let c = Config::load(None, env(&[("REGISTRY_LOG_LEVEL", "loud")])).unwrap();
         assert!(c.log_level().unwrap_err().to_string().contains("log.level"));

@@ -21,19 +21,12 @@ pub struct App {
 
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let root = config.root();
-    let blobs = FsBlobStore::open(&root)
-        .with_context(|| format!("opening storage at {}", root.display()))?;
+    let blobs = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
     let url = config.database_url();
-    let meta = MetadataStore::open(&url)
-        .await
-        .with_context(|| format!("opening metadata database {url}"))?;
+    let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
     let settings = Settings {
         delete_enabled: config.storage.delete.enabled,
-        max_manifest_size: config
-            .berth
-            .manifests
-            .maxsize
-            .unwrap_or(Settings::default().max_manifest_size),
+        max_manifest_size: config.berth.manifests.maxsize.unwrap_or(Settings::default().max_manifest_size),
         upload_idle_timeout: config.storage.maintenance.uploadpurging.age,
     };
     let registry = Arc::new(Registry::new(Arc::new(blobs), meta, settings));
@@ -52,10 +45,7 @@ fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
             headers.push((header.clone(), value));
         }
     }
-    Ok(EdgeOptions {
-        relative_urls: config.http.relativeurls,
-        headers,
-    })
+    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then lets in-flight requests finish.
@@ -73,13 +63,9 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     if purging.enabled && !purging.dryrun {
         tokio::spawn(purge_uploads(app.registry.clone(), purging.interval));
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
-    axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

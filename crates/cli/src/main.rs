@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "A container image registry: OCI Distribution v1.1, drop-in for registry:2"
-)]
+#[command(name = "berth", version, about = "A container image registry: OCI Distribution v1.1, drop-in for registry:2")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,8 +39,8 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let mut filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log_level().unwrap_or("info")));
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.log_level().unwrap_or("info")));
     config.log_level()?;
     if config.log.accesslog.disabled {
         filter = filter.add_directive("berth::access=off".parse()?);
@@ -63,10 +59,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve {
-            config,
-            allow_unauthenticated,
-        } => {
+        Command::Serve { config, allow_unauthenticated } => {
             let config = load(config.as_ref())?;
             init_logging(&config)?;
             tokio::runtime::Builder::new_multi_thread()

@@ -9,10 +9,7 @@ use reqwest::Method;
 async fn base_endpoint() {
     let s = Server::start().await;
     for path in ["/v2/", "/v2"] {
-        s.get(path)
-            .await
-            .status(200)
-            .has("docker-distribution-api-version", "registry/2.0");
+        s.get(path).await.status(200).has("docker-distribution-api-version", "registry/2.0");
         s.head(path).await.status(200);
     }
 }
@@ -66,39 +63,23 @@ async fn unknown_blob() {
     let s = Server::start().await;
     s.push_blob("known", b"something").await;
     let missing = sha256(b"never pushed");
-    for r in [
-        s.get(&format!("/v2/known/blobs/{missing}")).await,
-        s.get(&format!("/v2/nowhere/blobs/{missing}")).await,
-    ] {
+    for r in [s.get(&format!("/v2/known/blobs/{missing}")).await, s.get(&format!("/v2/nowhere/blobs/{missing}")).await]
+    {
         r.error(404, "BLOB_UNKNOWN");
     }
-    s.head(&format!("/v2/known/blobs/{missing}"))
-        .await
-        .status(404);
-    s.get("/v2/known/blobs/sha256:1234")
-        .await
-        .error(400, "DIGEST_INVALID");
+    s.head(&format!("/v2/known/blobs/{missing}")).await.status(404);
+    s.get("/v2/known/blobs/sha256:1234").await.error(400, "DIGEST_INVALID");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_are_scoped_to_their_repository() {
     let s = Server::start().await;
     let d = s.push_blob("team-a/app", b"private to a").await;
-    s.get(&format!("/v2/team-b/app/blobs/{}", d.digest))
-        .await
-        .error(404, "BLOB_UNKNOWN");
-    s.head(&format!("/v2/team-b/app/blobs/{}", d.digest))
-        .await
-        .status(404);
-    let mount = format!(
-        "/v2/team-b/app/blobs/uploads/?mount={}&from=team-a/app",
-        d.digest
-    );
+    s.get(&format!("/v2/team-b/app/blobs/{}", d.digest)).await.error(404, "BLOB_UNKNOWN");
+    s.head(&format!("/v2/team-b/app/blobs/{}", d.digest)).await.status(404);
+    let mount = format!("/v2/team-b/app/blobs/uploads/?mount={}&from=team-a/app", d.digest);
     s.send(Method::POST, &mount, &[], None).await.status(201);
-    assert_eq!(
-        &s.blob_bytes("team-b/app", &d.digest).await[..],
-        b"private to a"
-    );
+    assert_eq!(&s.blob_bytes("team-b/app", &d.digest).await[..], b"private to a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,14 +93,9 @@ async fn delete_blob() {
     s.head(&path).await.status(404);
     s.delete(&path).await.error(404, "BLOB_UNKNOWN");
     // The same bytes stay readable where they were pushed too.
-    assert_eq!(
-        &s.blob_bytes("keep", &other.digest).await[..],
-        b"to be deleted"
-    );
+    assert_eq!(&s.blob_bytes("keep", &other.digest).await[..], b"to be deleted");
     // And the blob can be pushed again.
-    s.post_blob("del", &d.digest, b"to be deleted")
-        .await
-        .status(201);
+    s.post_blob("del", &d.digest, b"to be deleted").await.status(201);
     assert_eq!(&s.blob_bytes("del", &d.digest).await[..], b"to be deleted");
 }
 
@@ -131,12 +107,8 @@ async fn delete_disabled() {
     s.delete(&path).await.error(405, "UNSUPPORTED");
     s.get(&path).await.status(200);
     let m = s.push_image("nodel", "v1", "nodel").await;
-    s.delete("/v2/nodel/manifests/v1")
-        .await
-        .error(405, "UNSUPPORTED");
-    s.delete(&format!("/v2/nodel/manifests/{}", m.digest))
-        .await
-        .error(405, "UNSUPPORTED");
+    s.delete("/v2/nodel/manifests/v1").await.error(405, "UNSUPPORTED");
+    s.delete(&format!("/v2/nodel/manifests/{}", m.digest)).await.error(405, "UNSUPPORTED");
     s.get("/v2/nodel/manifests/v1").await.status(200);
 }
 
@@ -144,23 +116,10 @@ async fn delete_disabled() {
 async fn mount_from_repository_holding_the_blob() {
     let s = Server::start().await;
     let d = s.push_blob("src", b"mount me").await;
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={}&from=src", d.digest),
-            &[],
-            None,
-        )
-        .await;
+    let r = s.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={}&from=src", d.digest), &[], None).await;
     r.status(201).has("docker-content-digest", &d.digest);
-    assert_eq!(
-        s.path_of(r.header("location")),
-        format!("/v2/dst/blobs/{}", d.digest)
-    );
-    s.head(&format!("/v2/dst/blobs/{}", d.digest))
-        .await
-        .status(200)
-        .has("content-length", "8");
+    assert_eq!(s.path_of(r.header("location")), format!("/v2/dst/blobs/{}", d.digest));
+    s.head(&format!("/v2/dst/blobs/{}", d.digest)).await.status(200).has("content-length", "8");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,58 +132,28 @@ async fn mount_from_repository_without_the_blob_starts_a_session() {
         format!("mount={}&from=never-existed", d.digest),
         format!("mount={}", sha256(b"unknown everywhere")),
     ] {
-        let r = s
-            .send(
-                Method::POST,
-                &format!("/v2/dst/blobs/uploads/?{query}"),
-                &[],
-                None,
-            )
-            .await;
+        let r = s.send(Method::POST, &format!("/v2/dst/blobs/uploads/?{query}"), &[], None).await;
         r.status(202).has("range", "0-0");
         let session = s.path_of(r.header("location"));
         assert!(session.starts_with("/v2/dst/blobs/uploads/"), "{session}");
         assert!(session.ends_with(r.header("docker-upload-uuid")));
         s.get(&session).await.status(204);
     }
-    s.get(&format!("/v2/dst/blobs/{}", d.digest))
-        .await
-        .error(404, "BLOB_UNKNOWN");
+    s.get(&format!("/v2/dst/blobs/{}", d.digest)).await.error(404, "BLOB_UNKNOWN");
     // The session a failed mount returned is usable for a normal upload.
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={}&from=empty-src", d.digest),
-            &[],
-            None,
-        )
-        .await;
+    let r = s.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={}&from=empty-src", d.digest), &[], None).await;
     let session = s.path_of(r.header("location"));
-    s.finish(&session, &d.digest, Some(b"only in holder"))
-        .await
-        .status(201);
-    s.get(&format!("/v2/dst/blobs/{}", d.digest))
-        .await
-        .status(200);
+    s.finish(&session, &d.digest, Some(b"only in holder")).await.status(201);
+    s.get(&format!("/v2/dst/blobs/{}", d.digest)).await.status(200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_without_from_when_blob_is_known() {
     let s = Server::start().await;
     let d = s.push_blob("anywhere", b"known somewhere").await;
-    let r = s
-        .send(
-            Method::POST,
-            &format!("/v2/elsewhere/blobs/uploads/?mount={}", d.digest),
-            &[],
-            None,
-        )
-        .await;
+    let r = s.send(Method::POST, &format!("/v2/elsewhere/blobs/uploads/?mount={}", d.digest), &[], None).await;
     r.status(201).has("docker-content-digest", &d.digest);
-    assert_eq!(
-        &s.blob_bytes("elsewhere", &d.digest).await[..],
-        b"known somewhere"
-    );
+    assert_eq!(&s.blob_bytes("elsewhere", &d.digest).await[..], b"known somewhere");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,25 +165,17 @@ async fn large_blob_in_odd_chunks() {
     let mut offset = 0;
     for len in [100_003, 400_000, 262_144] {
         let range = format!("{offset}-{}", offset + len - 1);
-        let r = s
-            .patch(&session, &data[offset..offset + len], Some(&range))
-            .await;
-        r.status(202)
-            .has("range", &format!("0-{}", offset + len - 1));
+        let r = s.patch(&session, &data[offset..offset + len], Some(&range)).await;
+        r.status(202).has("range", &format!("0-{}", offset + len - 1));
         offset += len;
     }
-    s.finish(&session, &digest, Some(&data[offset..]))
-        .await
-        .status(201);
+    s.finish(&session, &digest, Some(&data[offset..])).await.status(201);
     assert_eq!(s.blob_bytes("large", &digest).await, data);
     let path = format!("/v2/large/blobs/{digest}");
     let size = data.len();
     for (start, end) in [(262_000, 262_300), (0, 524_288), (size - 300_000, size - 1)] {
-        let r = s
-            .get_with(&path, &[("range", &format!("bytes={start}-{end}"))])
-            .await;
-        r.status(206)
-            .has("content-range", &format!("bytes {start}-{end}/{size}"));
+        let r = s.get_with(&path, &[("range", &format!("bytes={start}-{end}"))]).await;
+        r.status(206).has("content-range", &format!("bytes {start}-{end}/{size}"));
         assert_eq!(&r.body[..], &data[start..=end]);
     }
 }

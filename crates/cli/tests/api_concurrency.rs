@@ -21,23 +21,14 @@ async fn same_blob_uploaded_concurrently() {
             } else {
                 let session = s.start_upload("conc").await;
                 s.patch(&session, &data[..250_000], None).await.status(202);
-                s.finish(&session, &digest, Some(&data[250_000..]))
-                    .await
-                    .status
+                s.finish(&session, &digest, Some(&data[250_000..])).await.status
             }
         })
     });
-    let statuses: Vec<u16> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses: Vec<u16> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(statuses, vec![201; TASKS]);
     assert_eq!(s.blob_bytes("conc", &digest).await, data);
-    s.head(&format!("/v2/conc/blobs/{digest}"))
-        .await
-        .status(200)
-        .has("content-length", "600000");
+    s.head(&format!("/v2/conc/blobs/{digest}")).await.status(200).has("content-length", "600000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,36 +44,20 @@ async fn manifests_pushed_to_one_tag_concurrently() {
         .collect();
     let tasks = bodies.iter().cloned().map(|body| {
         let s = s.clone();
-        tokio::spawn(async move {
-            s.put_manifest("race", "latest", OCI_MANIFEST, &body)
-                .await
-                .status
-        })
+        tokio::spawn(async move { s.put_manifest("race", "latest", OCI_MANIFEST, &body).await.status })
     });
-    let statuses: Vec<u16> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses: Vec<u16> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(statuses, vec![201; TASKS]);
 
     let r = s.get("/v2/race/manifests/latest").await;
     r.status(200);
     let digest = r.header("docker-content-digest");
     assert_eq!(sha256(&r.body), digest);
-    assert!(
-        bodies.iter().any(|b| b[..] == r.body[..]),
-        "tag points at none of the pushed manifests"
-    );
+    assert!(bodies.iter().any(|b| b[..] == r.body[..]), "tag points at none of the pushed manifests");
     for body in &bodies {
-        s.get(&format!("/v2/race/manifests/{}", sha256(body)))
-            .await
-            .status(200);
+        s.get(&format!("/v2/race/manifests/{}", sha256(body))).await.status(200);
     }
-    assert_eq!(
-        s.get("/v2/race/tags/list").await.json()["tags"],
-        serde_json::json!(["latest"])
-    );
+    assert_eq!(s.get("/v2/race/tags/list").await.json()["tags"], serde_json::json!(["latest"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,11 +68,7 @@ async fn competing_chunks_for_one_offset() {
         let (s, session) = (s.clone(), session.clone());
         tokio::spawn(async move { s.patch(&session, b"01234", Some("0-4")).await.status })
     });
-    let mut statuses: Vec<u16> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let mut statuses: Vec<u16> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     statuses.sort();
     let mut expected = vec![202];
     expected.extend([416; TASKS - 1]);
@@ -110,11 +81,7 @@ async fn competing_chunks_for_one_offset() {
         let (s, session, digest) = (s.clone(), session.clone(), digest.clone());
         tokio::spawn(async move { s.finish(&session, &digest, None).await.status })
     });
-    let mut statuses: Vec<u16> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let mut statuses: Vec<u16> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     statuses.sort();
     let mut expected = vec![201];
     expected.extend([404; TASKS - 1]);

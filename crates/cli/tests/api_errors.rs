@@ -47,10 +47,7 @@ fn bad_names() -> Vec<String> {
 fn assert_confined(root: &Path) {
     for entry in std::fs::read_dir(root).unwrap() {
         let name = entry.unwrap().file_name();
-        assert!(
-            name == "docker" || name == "berth",
-            "unexpected entry {name:?} in the storage root"
-        );
+        assert!(name == "docker" || name == "berth", "unexpected entry {name:?} in the storage root");
     }
 }
 
@@ -70,20 +67,11 @@ async fn invalid_names_are_refused() {
             ("DELETE", format!("/v2/{name}/blobs/{digest}")),
             ("POST", format!("/v2/{name}/blobs/uploads/")),
             ("POST", format!("/v2/{name}/blobs/uploads/?digest={digest}")),
-            (
-                "POST",
-                format!("/v2/{name}/blobs/uploads/?mount={}&from=ok", known.digest),
-            ),
-            (
-                "POST",
-                format!("/v2/ok/blobs/uploads/?mount={}&from={name}", known.digest),
-            ),
+            ("POST", format!("/v2/{name}/blobs/uploads/?mount={}&from=ok", known.digest)),
+            ("POST", format!("/v2/ok/blobs/uploads/?mount={}&from={name}", known.digest)),
             ("GET", format!("/v2/{name}/blobs/uploads/{UUID}")),
             ("PATCH", format!("/v2/{name}/blobs/uploads/{UUID}")),
-            (
-                "PUT",
-                format!("/v2/{name}/blobs/uploads/{UUID}?digest={digest}"),
-            ),
+            ("PUT", format!("/v2/{name}/blobs/uploads/{UUID}?digest={digest}")),
             ("DELETE", format!("/v2/{name}/blobs/uploads/{UUID}")),
             ("GET", format!("/v2/{name}/referrers/{digest}")),
         ];
@@ -94,8 +82,8 @@ async fn invalid_names_are_refused() {
             let (status, body) = s.raw_request(method, &path).await;
             assert_eq!(status, 400, "{method} {path}: {body}");
             if method != "HEAD" {
-                let v: serde_json::Value = serde_json::from_str(&body)
-                    .unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
                 assert_eq!(v["errors"][0]["code"], "NAME_INVALID", "{method} {path}");
             }
         }
@@ -109,15 +97,10 @@ async fn invalid_names_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_valid_name() {
     let s = Server::start().await;
-    for name in [
-        "a".repeat(255),
-        format!("{}/{}", "a".repeat(200), "b".repeat(54)),
-    ] {
+    for name in ["a".repeat(255), format!("{}/{}", "a".repeat(200), "b".repeat(54))] {
         assert_eq!(name.len(), 255);
         let d = s.push_blob(&name, b"long name").await;
-        s.get(&format!("/v2/{name}/blobs/{}", d.digest))
-            .await
-            .status(200);
+        s.get(&format!("/v2/{name}/blobs/{}", d.digest)).await.status(200);
         s.push_image(&name, "latest", "long").await;
         s.get(&format!("/v2/{name}/tags/list")).await.status(200);
     }
@@ -139,8 +122,6 @@ async fn unknown_endpoints_and_methods() {
         (Method::PUT, "/v2/_catalog"),
         (Method::DELETE, "/v2/"),
     ] {
-        s.send(method.clone(), path, &[], None)
-            .await
-            .error(405, "UNSUPPORTED");
+        s.send(method.clone(), path, &[], None).await.error(405, "UNSUPPORTED");
     }
 }

@@ -31,33 +31,20 @@ async fn pages(s: &Server, first: &str, key: &str) -> Vec<(Value, Option<String>
 
 async fn push_tags(s: &Server, repo: &str, tags: &[&str]) {
     let m = s.push_image(repo, tags[0], repo).await;
-    let body = s
-        .get(&format!("/v2/{repo}/manifests/{}", m.digest))
-        .await
-        .body;
+    let body = s.get(&format!("/v2/{repo}/manifests/{}", m.digest)).await.body;
     for tag in &tags[1..] {
-        s.put_manifest(repo, tag, OCI_MANIFEST, &body)
-            .await
-            .status(201);
+        s.put_manifest(repo, tag, OCI_MANIFEST, &body).await.status(201);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_in_byte_order() {
     let s = Server::start().await;
-    push_tags(
-        &s,
-        "ordered/repo",
-        &["b", "a", "a1", "B", "_z", "a-1", "a.1", "A_"],
-    )
-    .await;
+    push_tags(&s, "ordered/repo", &["b", "a", "a1", "B", "_z", "a-1", "a.1", "A_"]).await;
     let r = s.get("/v2/ordered/repo/tags/list").await;
     r.status(200);
     assert!(r.opt_header("link").is_none());
-    assert_eq!(
-        r.json(),
-        json!({ "name": "ordered/repo", "tags": ["A_", "B", "_z", "a", "a-1", "a.1", "a1", "b"] })
-    );
+    assert_eq!(r.json(), json!({ "name": "ordered/repo", "tags": ["A_", "B", "_z", "a", "a-1", "a.1", "a1", "b"] }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,14 +55,8 @@ async fn tags_pagination() {
     assert_eq!(
         got,
         vec![
-            (
-                json!(["B", "_z"]),
-                Some("/v2/paged/tags/list?n=2&last=_z".to_owned())
-            ),
-            (
-                json!(["a", "a1"]),
-                Some("/v2/paged/tags/list?n=2&last=a1".to_owned())
-            ),
+            (json!(["B", "_z"]), Some("/v2/paged/tags/list?n=2&last=_z".to_owned())),
+            (json!(["a", "a1"]), Some("/v2/paged/tags/list?n=2&last=a1".to_owned())),
             (json!(["b"]), None),
         ]
     );
@@ -97,21 +78,14 @@ async fn tags_pagination() {
     assert!(r.opt_header("link").is_none());
     let r = s.get("/v2/paged/tags/list?n=3&last=B").await;
     assert_eq!(r.json()["tags"], json!(["_z", "a", "a1"]));
-    assert_eq!(
-        next_link(&r).as_deref(),
-        Some("/v2/paged/tags/list?n=3&last=a1")
-    );
+    assert_eq!(next_link(&r).as_deref(), Some("/v2/paged/tags/list?n=3&last=a1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_of_unknown_repository() {
     let s = Server::start().await;
-    s.get("/v2/nothing/here/tags/list")
-        .await
-        .error(404, "NAME_UNKNOWN");
-    s.get("/v2/nothing/here/tags/list?n=2")
-        .await
-        .error(404, "NAME_UNKNOWN");
+    s.get("/v2/nothing/here/tags/list").await.error(404, "NAME_UNKNOWN");
+    s.get("/v2/nothing/here/tags/list?n=2").await.error(404, "NAME_UNKNOWN");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,14 +106,8 @@ async fn catalog() {
     assert_eq!(
         got,
         vec![
-            (
-                json!(["a-b", "a.b", "a/b"]),
-                Some("/v2/_catalog?n=3&last=a/b".to_owned())
-            ),
-            (
-                json!(["a0", "a_b", "b"]),
-                Some("/v2/_catalog?n=3&last=b".to_owned())
-            ),
+            (json!(["a-b", "a.b", "a/b"]), Some("/v2/_catalog?n=3&last=a/b".to_owned())),
+            (json!(["a0", "a_b", "b"]), Some("/v2/_catalog?n=3&last=b".to_owned())),
             (json!(["c/d/e"]), None),
         ]
     );
@@ -173,11 +141,7 @@ async fn empty_catalog() {
 async fn invalid_page_size_is_rejected() {
     let s = Server::start().await;
     push_tags(&s, "paged/bad", &["a"]).await;
-    for path in [
-        "/v2/paged/bad/tags/list?n=abc",
-        "/v2/paged/bad/tags/list?n=-1",
-        "/v2/_catalog?n=x",
-    ] {
+    for path in ["/v2/paged/bad/tags/list?n=abc", "/v2/paged/bad/tags/list?n=-1", "/v2/_catalog?n=x"] {
         s.get(path).await.error(400, "PAGINATION_NUMBER_INVALID");
     }
 }

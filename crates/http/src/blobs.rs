@@ -8,22 +8,14 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use berth_storage::ByteRange;
 
-pub(crate) async fn get(
-    app: &App,
-    name: &str,
-    digest: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(crate) async fn get(app: &App, name: &str, digest: &str, req: Request) -> Result<Response, ApiError> {
     let (repo, digest) = (request::name(name)?, request::digest(digest)?);
     let size = app.registry.blob_size(&repo, &digest).await?;
     let range = match request::byte_range(req.headers(), size) {
         Ok(r) => r,
         Err(e) => {
             let mut resp = axum::response::IntoResponse::into_response(e);
-            resp.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes */{size}")),
-            );
+            resp.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes */{size}")));
             return Ok(resp);
         }
     };
@@ -37,23 +29,14 @@ pub(crate) async fn get(
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(DOCKER_CONTENT_DIGEST, header_value(digest.as_str()));
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Content-addressed: the bytes behind a digest never change.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
     if let Some((start, end)) = range {
-        h.insert(
-            header::CONTENT_RANGE,
-            header_value(&format!("bytes {start}-{end}/{size}")),
-        );
+        h.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{size}")));
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(resp)

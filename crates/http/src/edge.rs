@@ -25,9 +25,7 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 
 pub(crate) fn wrap(router: Router, options: Arc<EdgeOptions>) -> Router {
     router
-        .layer(middleware::from_fn(move |req, next| {
-            access_log(options.clone(), req, next)
-        }))
+        .layer(middleware::from_fn(move |req, next| access_log(options.clone(), req, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
@@ -37,12 +35,7 @@ async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Resp
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
     headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
@@ -64,10 +57,7 @@ async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Resp
 pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
 }
 

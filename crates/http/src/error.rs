@@ -25,10 +25,7 @@ impl ApiError {
     }
 
     pub(crate) fn method_not_allowed() -> ApiError {
-        ApiError::new(
-            ErrorCode::Unsupported,
-            "method not allowed on this endpoint",
-        )
+        ApiError::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
     }
 }
 
@@ -39,11 +36,7 @@ impl IntoResponse for ApiError {
         if let Some(detail) = e.detail {
             entry["detail"] = detail;
         }
-        let status =
-            StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        json_response(
-            status,
-            json!({ "errors": [entry] }).to_string().into_bytes(),
-        )
+        let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(status, json!({ "errors": [entry] }).to_string().into_bytes())
     }
 }

@@ -32,14 +32,8 @@ struct App {
 
 /// The full router, with request ids, access logging and the API version header.
 pub fn router(registry: Arc<Registry>, options: EdgeOptions) -> Router {
-    let app = App {
-        registry,
-        options: Arc::new(options),
-    };
-    edge::wrap(
-        Router::new().fallback(dispatch).with_state(app.clone()),
-        app.options,
-    )
+    let app = App { registry, options: Arc::new(options) };
+    edge::wrap(Router::new().fallback(dispatch).with_state(app.clone()), app.options)
 }
 
 async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
@@ -54,27 +48,18 @@ async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
 async fn handle(app: &App, route: Route<'_>, req: Request<Body>) -> Result<Response, ApiError> {
     let method = req.method().clone();
     match (route, method) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok(edge::json_response(
-            axum::http::StatusCode::OK,
-            b"{}".to_vec(),
-        )),
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec()))
+        }
         (Route::Catalog, Method::GET) => manifests::catalog(app, req).await,
         (Route::Tags(name), Method::GET) => manifests::tags(app, name, req).await,
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
             manifests::get(app, name, reference, req).await
         }
-        (Route::Manifest(name, reference), Method::PUT) => {
-            manifests::put(app, name, reference, req).await
-        }
-        (Route::Manifest(name, reference), Method::DELETE) => {
-            manifests::delete(app, name, reference).await
-        }
-        (Route::Referrers(name, digest), Method::GET) => {
-            manifests::referrers(app, name, digest, req).await
-        }
-        (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
-            blobs::get(app, name, digest, req).await
-        }
+        (Route::Manifest(name, reference), Method::PUT) => manifests::put(app, name, reference, req).await,
+        (Route::Manifest(name, reference), Method::DELETE) => manifests::delete(app, name, reference).await,
+        (Route::Referrers(name, digest), Method::GET) => manifests::referrers(app, name, digest, req).await,
+        (Route::Blob(name, digest), Method::GET | Method::HEAD) => blobs::get(app, name, digest, req).await,
         (Route::Blob(name, digest), Method::DELETE) => blobs::delete(app, name, digest).await,
         (Route::Uploads(name), Method::POST) => uploads::start(app, name, req).await,
         (Route::Upload(name, id), Method::GET) => uploads::status(app, name, id, req).await,
@@ -95,7 +80,6 @@ const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-conten
 fn empty_response(status: axum::http::StatusCode) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp.headers_mut().insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(0));
     resp
 }

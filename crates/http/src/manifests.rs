@@ -14,34 +14,18 @@ use serde_json::json;
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
-pub(crate) async fn get(
-    app: &App,
-    name: &str,
-    reference: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(crate) async fn get(app: &App, name: &str, reference: &str, req: Request) -> Result<Response, ApiError> {
     let (repo, reference) = (request::name(name)?, request::reference(reference)?);
     let m = app.registry.get_manifest(&repo, &reference).await?;
-    let accept = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
+    let accept = req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
     if !media::accept_admits(accept, &m.media_type) {
         return Err(ApiError::new(
             ErrorCode::ManifestUnknown,
-            format!(
-                "manifest is {}, which the Accept header does not admit",
-                m.media_type
-            ),
+            format!("manifest is {}, which the Accept header does not admit", m.media_type),
         ));
     }
     let len = m.content.len();
-    let body = if req.method() == Method::HEAD {
-        Body::empty()
-    } else {
-        Body::from(m.content)
-    };
+    let body = if req.method() == Method::HEAD { Body::empty() } else { Body::from(m.content.clone()) };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, header_value(&m.media_type));
@@ -51,50 +35,26 @@ pub(crate) async fn get(
     Ok(resp)
 }
 
-pub(crate) async fn put(
-    app: &App,
-    name: &str,
-    reference: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(crate) async fn put(app: &App, name: &str, reference: &str, req: Request) -> Result<Response, ApiError> {
     let (repo, reference) = (request::name(name)?, request::reference(reference)?);
     let max = app.registry.settings().max_manifest_size;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("manifest exceeds the limit of {max} bytes"),
-        )
-    };
+    let too_large = || ApiError::new(ErrorCode::TooLarge, format!("manifest exceeds the limit of {max} bytes"));
     if request::content_length(req.headers())?.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let over_limit = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over_limit {
             too_large()
         } else {
-            ApiError::new(
-                ErrorCode::ManifestInvalid,
-                format!("manifest body was not received completely: {e}"),
-            )
+            ApiError::new(ErrorCode::ManifestInvalid, format!("manifest body was not received completely: {e}"))
         }
     })?;
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let put = app
-        .registry
-        .put_manifest(&repo, &reference, content_type, bytes)
-        .await?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let put = app.registry.put_manifest(&repo, &reference, content_type, bytes).await?;
     let mut resp = empty_response(StatusCode::CREATED);
-    let location = edge::url(
-        &app.options,
-        &parts.headers,
-        &format!("/v2/{repo}/manifests/{}", put.digest),
-    );
+    let location = edge::url(&app.options, &parts.headers, &format!("/v2/{repo}/manifests/{}", put.digest));
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&location));
     h.insert(DOCKER_CONTENT_DIGEST, header_value(put.digest.as_str()));
@@ -111,17 +71,10 @@ pub(crate) async fn delete(app: &App, name: &str, reference: &str) -> Result<Res
 }
 
 /// A JSON page with a `Link` to the next one when more follow.
-fn page_response(
-    body: serde_json::Value,
-    page: &Page,
-    next: impl FnOnce(&str) -> String,
-) -> Response {
+fn page_response(body: serde_json::Value, page: &Page, next: impl FnOnce(&str) -> String) -> Response {
     let mut resp = json_response(StatusCode::OK, body.to_string().into_bytes());
     if let (true, Some(last)) = (page.more, page.names.last()) {
-        resp.headers_mut().insert(
-            header::LINK,
-            header_value(&format!("<{}>; rel=\"next\"", next(last))),
-        );
+        resp.headers_mut().insert(header::LINK, header_value(&format!("<{}>; rel=\"next\"", next(last))));
     }
     resp
 }
@@ -130,55 +83,31 @@ pub(crate) async fn tags(app: &App, name: &str, req: Request) -> Result<Response
     let repo = request::name(name)?;
     let q = request::query(req.uri());
     let n = request::page_size(&q)?;
-    let page = app
-        .registry
-        .tags(&repo, q.get("last").map(String::as_str), n)
-        .await?;
+    let page = app.registry.tags(&repo, q.get("last").map(String::as_str), n).await?;
     let body = json!({ "name": repo.as_str(), "tags": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
-    Ok(page_response(body, &page, |last| {
-        format!("/v2/{repo}/tags/list?n={n}&last={last}")
-    }))
+    Ok(page_response(body, &page, |last| format!("/v2/{repo}/tags/list?n={n}&last={last}")))
 }
 
 pub(crate) async fn catalog(app: &App, req: Request) -> Result<Response, ApiError> {
     let q = request::query(req.uri());
     let n = request::page_size(&q)?;
-    let page = app
-        .registry
-        .catalog(q.get("last").map(String::as_str), n)
-        .await?;
+    let page = app.registry.catalog(q.get("last").map(String::as_str), n).await?;
     let body = json!({ "repositories": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
-    Ok(page_response(body, &page, |last| {
-        format!("/v2/_catalog?n={n}&last={last}")
-    }))
+    Ok(page_response(body, &page, |last| format!("/v2/_catalog?n={n}&last={last}")))
 }
 
-pub(crate) async fn referrers(
-    app: &App,
-    name: &str,
-    digest: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(crate) async fn referrers(app: &App, name: &str, digest: &str, req: Request) -> Result<Response, ApiError> {
     let (repo, digest) = (request::name(name)?, request::digest(digest)?);
     let q = request::query(req.uri());
     let artifact_type = q.get("artifactType").map(String::as_str);
-    let referrers = app
-        .registry
-        .referrers(&repo, &digest, artifact_type)
-        .await?;
+    let referrers = app.registry.referrers(&repo, &digest, artifact_type).await?;
     let mut resp = Response::new(Body::from(referrers.body));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(media::OCI_INDEX),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
     if referrers.filtered {
-        h.insert(
-            OCI_FILTERS_APPLIED,
-            HeaderValue::from_static("artifactType"),
-        );
+        h.insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
     }
     Ok(resp)
 }

@@ -19,35 +19,26 @@ pub(crate) fn name(s: &str) -> Result<RepositoryName, ApiError> {
 }
 
 pub(crate) fn digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse()
-        .map_err(|e: DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+    s.parse().map_err(|e: DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
 }
 
 pub(crate) fn reference(s: &str) -> Result<Reference, ApiError> {
     Reference::parse(s).map_err(|e| match e {
         ReferenceError::Digest(d) => ApiError::new(ErrorCode::DigestInvalid, d.to_string()),
-        ReferenceError::Tag(t) => {
-            ApiError::new(ErrorCode::TagInvalid, format!("invalid tag {t:?}"))
-        }
+        ReferenceError::Tag(t) => ApiError::new(ErrorCode::TagInvalid, format!("invalid tag {t:?}")),
     })
 }
 
 pub(crate) fn query(uri: &Uri) -> HashMap<String, String> {
-    uri.query()
-        .and_then(|q| serde_urlencoded::from_str(q).ok())
-        .unwrap_or_default()
+    uri.query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default()
 }
 
 /// `n` of a listing: a non-negative integer.
 pub(crate) fn page_size(q: &HashMap<String, String>) -> Result<Option<u32>, ApiError> {
     q.get("n")
         .map(|n| {
-            n.parse::<u32>().map_err(|_| {
-                ApiError::new(
-                    ErrorCode::PaginationNumberInvalid,
-                    format!("invalid page size n={n:?}"),
-                )
-            })
+            n.parse::<u32>()
+                .map_err(|_| ApiError::new(ErrorCode::PaginationNumberInvalid, format!("invalid page size n={n:?}")))
         })
         .transpose()
 }
@@ -83,16 +74,8 @@ pub(crate) fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, 
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
     };
-    let unsatisfiable = || {
-        ApiError::new(
-            ErrorCode::RangeInvalid,
-            format!("range not satisfiable for {size} bytes"),
-        )
-    };
-    let spec = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().strip_prefix("bytes="));
+    let unsatisfiable = || ApiError::new(ErrorCode::RangeInvalid, format!("range not satisfiable for {size} bytes"));
+    let spec = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes="));
     let Some(spec) = spec.filter(|s| !s.contains(',')) else {
         return Ok(None);
     };
@@ -118,18 +101,13 @@ pub(crate) fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, 
 
 /// The `Content-Range` of an upload chunk: `start-end`, tolerating the `bytes ` /
 /// `bytes=` prefixes and `/total` suffix some clients send.
-pub(crate) fn chunk_range(
-    headers: &HeaderMap,
-) -> Result<Option<berth_registry::ChunkRange>, ApiError> {
+pub(crate) fn chunk_range(headers: &HeaderMap) -> Result<Option<berth_registry::ChunkRange>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
     let invalid = || ApiError::new(ErrorCode::RangeInvalid, "invalid Content-Range");
     let s = value.to_str().map_err(|_| invalid())?.trim();
-    let s = s
-        .strip_prefix("bytes")
-        .map(|r| r.trim_start_matches([' ', '=']))
-        .unwrap_or(s);
+    let s = s.strip_prefix("bytes").map(|r| r.trim_start_matches([' ', '='])).unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (start, end) = s.split_once('-').ok_or_else(invalid)?;
     let start: u64 = start.trim().parse().map_err(|_| invalid())?;
@@ -137,10 +115,7 @@ pub(crate) fn chunk_range(
     if end < start {
         return Err(invalid());
     }
-    Ok(Some(berth_registry::ChunkRange {
-        start,
-        end: Some(end),
-    }))
+    Ok(Some(berth_registry::ChunkRange { start, end: Some(end) }))
 }
 
 #[cfg(test)]
@@ -163,13 +138,7 @@ mod tests {
         assert_eq!(r("bytes=95-200"), Ok(Some((95, 99))));
         assert_eq!(r("bytes=0-1,5-6"), Ok(None));
         assert_eq!(r("items=0-1"), Ok(None));
-        for bad in [
-            "bytes=100-",
-            "bytes=5-2",
-            "bytes=-0",
-            "bytes=x-1",
-            "bytes=-",
-        ] {
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=-0", "bytes=x-1", "bytes=-"] {
             assert_eq!(r(bad), Err(()), "{bad}");
         }
         assert_eq!(byte_range(&HeaderMap::new(), 100).map_err(|_| ()), Ok(None));
@@ -177,11 +146,8 @@ mod tests {
 
     #[test]
     fn content_ranges() {
-        let c = |v: &str| {
-            chunk_range(&with(header::CONTENT_RANGE, v))
-                .map(|r| r.map(|r| (r.start, r.end)))
-                .map_err(|_| ())
-        };
+        let c =
+            |v: &str| chunk_range(&with(header::CONTENT_RANGE, v)).map(|r| r.map(|r| (r.start, r.end))).map_err(|_| ());
         assert_eq!(c("0-99"), Ok(Some((0, Some(99)))));
         assert_eq!(c("bytes 100-199/*"), Ok(Some((100, Some(199)))));
         assert_eq!(c("bytes=5-5"), Ok(Some((5, Some(5)))));

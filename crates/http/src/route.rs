@@ -26,10 +26,7 @@ impl<'a> Route<'a> {
         if let Some(name) = rest.strip_suffix("/tags/list") {
             return Some(Route::Tags(name));
         }
-        if let Some(name) = rest
-            .strip_suffix("/blobs/uploads/")
-            .or_else(|| rest.strip_suffix("/blobs/uploads"))
-        {
+        if let Some(name) = rest.strip_suffix("/blobs/uploads/").or_else(|| rest.strip_suffix("/blobs/uploads")) {
             return Some(Route::Uploads(name));
         }
         let (head, last) = rest.rsplit_once('/')?;
@@ -38,9 +35,7 @@ impl<'a> Route<'a> {
             "manifests" => Some(Route::Manifest(name, last)),
             "blobs" => Some(Route::Blob(name, last)),
             "referrers" => Some(Route::Referrers(name, last)),
-            "uploads" => name
-                .strip_suffix("/blobs")
-                .map(|name| Route::Upload(name, last)),
+            "uploads" => name.strip_suffix("/blobs").map(|name| Route::Upload(name, last)),
             _ => None,
         }
     }
@@ -56,30 +51,15 @@ mod tests {
         assert_eq!(Route::parse("/v2"), Some(Route::Base));
         assert_eq!(Route::parse("/v2/_catalog"), Some(Route::Catalog));
         assert_eq!(Route::parse("/v2/a/b/tags/list"), Some(Route::Tags("a/b")));
-        assert_eq!(
-            Route::parse("/v2/a/manifests/latest"),
-            Some(Route::Manifest("a", "latest"))
-        );
+        assert_eq!(Route::parse("/v2/a/manifests/latest"), Some(Route::Manifest("a", "latest")));
         assert_eq!(
             Route::parse("/v2/x/manifests/y/manifests/sha256:ab"),
             Some(Route::Manifest("x/manifests/y", "sha256:ab"))
         );
-        assert_eq!(
-            Route::parse("/v2/a/blobs/sha256:00"),
-            Some(Route::Blob("a", "sha256:00"))
-        );
-        assert_eq!(
-            Route::parse("/v2/a/b/blobs/uploads/"),
-            Some(Route::Uploads("a/b"))
-        );
-        assert_eq!(
-            Route::parse("/v2/a/blobs/uploads/123"),
-            Some(Route::Upload("a", "123"))
-        );
-        assert_eq!(
-            Route::parse("/v2/a/referrers/sha256:00"),
-            Some(Route::Referrers("a", "sha256:00"))
-        );
+        assert_eq!(Route::parse("/v2/a/blobs/sha256:00"), Some(Route::Blob("a", "sha256:00")));
+        assert_eq!(Route::parse("/v2/a/b/blobs/uploads/"), Some(Route::Uploads("a/b")));
+        assert_eq!(Route::parse("/v2/a/blobs/uploads/123"), Some(Route::Upload("a", "123")));
+        assert_eq!(Route::parse("/v2/a/referrers/sha256:00"), Some(Route::Referrers("a", "sha256:00")));
         assert_eq!(Route::parse("/v2/a/other/x"), None);
         assert_eq!(Route::parse("/v3/a/manifests/x"), None);
         assert_eq!(Route::parse("/v2/uploads/x"), None);

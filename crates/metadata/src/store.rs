@@ -66,10 +66,7 @@ pub struct Upload {
 }
 
 pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 const BLOB: &str = "blob";
@@ -82,38 +79,25 @@ impl MetadataStore {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let options = || {
-            AnyPoolOptions::new()
-                .acquire_timeout(Duration::from_secs(30))
-                .after_connect(move |conn, _| {
-                    Box::pin(async move {
-                        if sqlite {
-                            // WAL lets readers run beside the writer; FULL makes each commit
-                            // durable before the client hears 201.
-                            conn.execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+            AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30)).after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the writer; FULL makes each commit
+                        // durable before the client hears 201.
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
                                  PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
-                            )
-                            .await?;
-                        }
-                        Ok(())
-                    })
+                        )
+                        .await?;
+                    }
+                    Ok(())
                 })
+            })
         };
-        let url = if sqlite && !url.contains('?') {
-            format!("{url}?mode=rwc")
-        } else {
-            url.to_owned()
-        };
-        let write = options()
-            .max_connections(if sqlite { 1 } else { 16 })
-            .connect(&url)
-            .await?;
+        let url = if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
+        let write = options().max_connections(if sqlite { 1 } else { 16 }).connect(&url).await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
-        let read = options()
-            .max_connections(16)
-            .min_connections(1)
-            .connect(&url)
-            .await?;
+        let read = options().max_connections(4).min_connections(1).connect(&url).await?;
         Ok(MetadataStore { read, write })
     }
 
@@ -129,18 +113,12 @@ impl MetadataStore {
             .bind(now_millis())
             .execute(&mut **tx)
             .await?;
-        sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get(0)
+        sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(&mut **tx).await?.try_get(0)
     }
 
     pub async fn repository_id(&self, name: &str) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_optional(&self.read).await?;
         row.map(|r| r.try_get(0)).transpose()
     }
 
@@ -170,8 +148,7 @@ impl MetadataStore {
         .bind(digest.as_str())
         .fetch_optional(&self.read)
         .await?;
-        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64))
-            .transpose()
+        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64)).transpose()
     }
 
     /// Size of a blob known to the registry, in any repository.
@@ -180,19 +157,12 @@ impl MetadataStore {
             .bind(digest.as_str())
             .fetch_optional(&self.read)
             .await?;
-        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64))
-            .transpose()
+        row.map(|r| r.try_get::<i64, _>(0).map(|s| s as u64)).transpose()
     }
 
     /// Records a durable blob, links it to the repository and closes the upload session
     /// that produced it, in one transaction.
-    pub async fn commit_blob(
-        &self,
-        repository: &str,
-        digest: &Digest,
-        size: u64,
-        upload: Option<&str>,
-    ) -> Result<()> {
+    pub async fn commit_blob(&self, repository: &str, digest: &Digest, size: u64, upload: Option<&str>) -> Result<()> {
         let mut tx = self.begin().await?;
         let repo = Self::ensure_repository(&mut tx, repository).await?;
         let now = now_millis();
@@ -204,20 +174,12 @@ impl MetadataStore {
             .await?;
         Self::link(&mut tx, repo, digest, now).await?;
         if let Some(id) = upload {
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
         }
         tx.commit().await
     }
 
-    async fn link(
-        tx: &mut Transaction<'static, Any>,
-        repo: i64,
-        digest: &Digest,
-        now: i64,
-    ) -> Result<()> {
+    async fn link(tx: &mut Transaction<'static, Any>, repo: i64, digest: &Digest, now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -280,11 +242,7 @@ impl MetadataStore {
                 } else {
                     "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
                 };
-                let found = sqlx::query(sql)
-                    .bind(repo)
-                    .bind(target.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let found = sqlx::query(sql).bind(repo).bind(target.as_str()).fetch_optional(&mut *tx).await?;
                 if found.is_none() {
                     return Err(PutManifestError::Missing(target.to_string()));
                 }
@@ -337,18 +295,10 @@ impl MetadataStore {
     }
 
     fn manifest_from(row: &AnyRow) -> Result<StoredManifest> {
-        Ok(StoredManifest {
-            digest: row.try_get(0)?,
-            media_type: row.try_get(1)?,
-            content: row.try_get(2)?,
-        })
+        Ok(StoredManifest { digest: row.try_get(0)?, media_type: row.try_get(1)?, content: row.try_get(2)? })
     }
 
-    pub async fn manifest_by_digest(
-        &self,
-        repository: &str,
-        digest: &Digest,
-    ) -> Result<Option<StoredManifest>> {
+    pub async fn manifest_by_digest(&self, repository: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
         sqlx::query(
             "SELECT m.digest, m.media_type, m.content FROM manifests m \
              JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 AND m.digest = $2",
@@ -362,11 +312,7 @@ impl MetadataStore {
         .transpose()
     }
 
-    pub async fn manifest_by_tag(
-        &self,
-        repository: &str,
-        tag: &str,
-    ) -> Result<Option<StoredManifest>> {
+    pub async fn manifest_by_tag(&self, repository: &str, tag: &str) -> Result<Option<StoredManifest>> {
         sqlx::query(
             "SELECT m.digest, m.media_type, m.content FROM tags t \
              JOIN repositories r ON r.id = t.repository_id \
@@ -403,11 +349,7 @@ impl MetadataStore {
             "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
             "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
         ] {
-            sqlx::query(sql)
-                .bind(repo)
-                .bind(digest.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(deleted > 0)
@@ -427,17 +369,15 @@ impl MetadataStore {
 
     /// Tag names after `last` in byte order, at most `limit`.
     pub async fn tags(&self, repository_id: i64, last: &str, limit: u32) -> Result<Vec<String>> {
-        sqlx::query(
-            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
-        )
-        .bind(repository_id)
-        .bind(last)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect()
+        sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repository_id)
+            .bind(last)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect()
     }
 
     /// Manifests in the repository whose subject is `subject`, optionally of one
@@ -489,36 +429,25 @@ impl MetadataStore {
             .bind(id)
             .fetch_optional(&self.read)
             .await?;
-        row.map(|r| {
-            Ok(Upload {
-                repository: r.try_get(0)?,
-                size: r.try_get::<i64, _>(1)? as u64,
-            })
-        })
-        .transpose()
+        row.map(|r| Ok(Upload { repository: r.try_get(0)?, size: r.try_get::<i64, _>(1)? as u64 })).transpose()
     }
 
     /// Moves a session's durable offset from `from` to `to`. False when the session is
     /// gone or another request moved it first: the caller's bytes are then not part of
     /// the upload.
     pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE uploads SET size = $3, updated_at = $4 WHERE id = $1 AND size = $2",
-        )
-        .bind(id)
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(now_millis())
-        .execute(&self.write)
-        .await?;
+        let done = sqlx::query("UPDATE uploads SET size = $3, updated_at = $4 WHERE id = $1 AND size = $2")
+            .bind(id)
+            .bind(from as i64)
+            .bind(to as i64)
+            .bind(now_millis())
+            .execute(&self.write)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(&self.write)
-            .await?;
+        let done = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -77,20 +77,14 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::Invalid(s.to_owned()))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::Invalid(s.to_owned()))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            _ if valid_algorithm_component(alg) => {
-                return Err(DigestError::UnsupportedAlgorithm(alg.to_owned()))
-            }
+            _ if valid_algorithm_component(alg) => return Err(DigestError::UnsupportedAlgorithm(alg.to_owned())),
             _ => return Err(DigestError::Invalid(s.to_owned())),
         };
-        let lower_hex = hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let lower_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if hex.len() != algorithm.hex_len() || !lower_hex {
             return Err(DigestError::Invalid(s.to_owned()));
         }
@@ -101,11 +95,9 @@ impl FromStr for Digest {
 /// `[a-z0-9]+([+._-][a-z0-9]+)*` from the image-spec digest grammar.
 fn valid_algorithm_component(alg: &str) -> bool {
     !alg.is_empty()
-        && alg.split(['+', '.', '_', '-']).all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
+        && alg
+            .split(['+', '.', '_', '-'])
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
 impl fmt::Display for Digest {
@@ -165,9 +157,7 @@ mod tests {
 
     #[test]
     fn parses_supported_digests() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            .parse()
-            .unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
         assert_eq!(d.algorithm(), Algorithm::Sha256);
         assert_eq!(d, Digest::of(Algorithm::Sha256, b""));
         let d512 = Digest::of(Algorithm::Sha512, b"abc");
@@ -186,11 +176,7 @@ mod tests {
             "sha256:../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         ] {
-            assert_eq!(
-                bad.parse::<Digest>(),
-                Err(DigestError::Invalid(bad.into())),
-                "{bad}"
-            );
+            assert_eq!(bad.parse::<Digest>(), Err(DigestError::Invalid(bad.into())), "{bad}");
         }
         assert_eq!(
             "md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>(),

@@ -85,9 +85,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "requested range is not satisfiable",
             ErrorCode::BlobUploadUnknown => "blob upload unknown to registry",
             ErrorCode::DigestInvalid => "provided digest did not match uploaded content",
-            ErrorCode::ManifestBlobUnknown => {
-                "manifest references a manifest or blob unknown to registry"
-            }
+            ErrorCode::ManifestBlobUnknown => "manifest references a manifest or blob unknown to registry",
             ErrorCode::ManifestInvalid => "manifest invalid",
             ErrorCode::ManifestUnknown => "manifest unknown",
             ErrorCode::NameInvalid => "invalid repository name",

@@ -86,11 +86,7 @@ impl RawDescriptor {
             .size
             .and_then(|s| u64::try_from(s).ok())
             .ok_or_else(|| invalid(format!("{what}: size must be a non-negative integer")))?;
-        Ok(Descriptor {
-            media_type,
-            digest,
-            size,
-        })
+        Ok(Descriptor { media_type, digest, size })
     }
 }
 
@@ -102,21 +98,17 @@ fn content_type_essence(ct: &str) -> &str {
 impl Manifest {
     /// Parses and validates a manifest pushed with the given `Content-Type`.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+        let raw: RawManifest =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
         if raw.schema_version != Some(2) {
-            return Err(invalid(
-                "schemaVersion must be 2 (schema 1 manifests are not supported)",
-            ));
+            return Err(invalid("schemaVersion must be 2 (schema 1 manifests are not supported)"));
         }
-        let header = content_type.map(content_type_essence).filter(|ct| {
-            media::MANIFEST_TYPES.contains(ct) || *ct == media::DOCKER_MANIFEST_V1_SIGNED
-        });
+        let header = content_type
+            .map(content_type_essence)
+            .filter(|ct| media::MANIFEST_TYPES.contains(ct) || *ct == media::DOCKER_MANIFEST_V1_SIGNED);
         let media_type = match (raw.media_type.as_deref(), header) {
             (Some(field), Some(h)) if field != h => {
-                return Err(invalid(format!(
-                    "mediaType {field:?} does not match Content-Type {h:?}"
-                )))
+                return Err(invalid(format!("mediaType {field:?} does not match Content-Type {h:?}")))
             }
             (Some(field), _) => field.to_owned(),
             (None, Some(h)) => h.to_owned(),
@@ -126,11 +118,7 @@ impl Manifest {
         let kind = match media_type.as_str() {
             media::OCI_MANIFEST | media::DOCKER_MANIFEST => ManifestKind::Image,
             media::OCI_INDEX | media::DOCKER_MANIFEST_LIST => ManifestKind::Index,
-            other => {
-                return Err(invalid(format!(
-                    "unsupported manifest media type {other:?}"
-                )))
-            }
+            other => return Err(invalid(format!("unsupported manifest media type {other:?}"))),
         };
         let subject = raw.subject.map(|s| s.validate("subject")).transpose()?;
         let (blobs, children, artifact_type) = match kind {
@@ -138,21 +126,13 @@ impl Manifest {
                 if raw.manifests.is_some() {
                     return Err(invalid("an image manifest has no \"manifests\" field"));
                 }
-                let config = raw
-                    .config
-                    .ok_or_else(|| invalid("config is required"))?
-                    .validate("config")?;
+                let config = raw.config.ok_or_else(|| invalid("config is required"))?.validate("config")?;
                 let layers = raw.layers.ok_or_else(|| invalid("layers is required"))?;
-                let artifact_type = raw
-                    .artifact_type
-                    .clone()
-                    .or_else(|| Some(config.media_type.clone()));
+                let artifact_type = raw.artifact_type.clone().or_else(|| Some(config.media_type.clone()));
                 let mut blobs = vec![config];
                 for (i, l) in layers.into_iter().enumerate() {
                     let foreign = l.urls.as_ref().is_some_and(|u| !u.is_empty())
-                        && l.media_type
-                            .as_deref()
-                            .is_some_and(|m| media::FOREIGN_LAYER_TYPES.contains(&m));
+                        && l.media_type.as_deref().is_some_and(|m| media::FOREIGN_LAYER_TYPES.contains(&m));
                     let d = l.validate(&format!("layers[{i}]"))?;
                     if !foreign {
                         blobs.push(d);
@@ -164,9 +144,7 @@ impl Manifest {
                 if raw.config.is_some() || raw.layers.is_some() {
                     return Err(invalid("an index has no \"config\" or \"layers\" field"));
                 }
-                let manifests = raw
-                    .manifests
-                    .ok_or_else(|| invalid("manifests is required"))?;
+                let manifests = raw.manifests.ok_or_else(|| invalid("manifests is required"))?;
                 let children = manifests
                     .into_iter()
                     .enumerate()
@@ -175,15 +153,7 @@ impl Manifest {
                 (Vec::new(), children, raw.artifact_type.clone())
             }
         };
-        Ok(Manifest {
-            kind,
-            media_type,
-            artifact_type,
-            subject,
-            blobs,
-            children,
-            annotations: raw.annotations,
-        })
+        Ok(Manifest { kind, media_type, artifact_type, subject, blobs, children, annotations: raw.annotations })
     }
 }
 
@@ -206,10 +176,7 @@ mod tests {
         let m = Manifest::parse(image("").as_bytes(), Some(media::OCI_MANIFEST)).unwrap();
         assert_eq!(m.kind, ManifestKind::Image);
         assert_eq!(m.blobs.len(), 2);
-        assert_eq!(
-            m.artifact_type.as_deref(),
-            Some("application/vnd.oci.image.config.v1+json")
-        );
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
         let with_subject = image(&format!(
             r#","artifactType":"application/x.sig","subject":{{"mediaType":"{}","digest":"{D1}","size":10}}"#,
             media::OCI_MANIFEST
@@ -238,8 +205,7 @@ mod tests {
             "[]".into(),
             "{".into(),
             r#"{"schemaVersion":1,"fsLayers":[]}"#.into(),
-            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#
-                .into(),
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#.into(),
             image("").replace(D2, "sha256:nothex"),
             image("").replace("\"size\":2", "\"size\":-2"),
             image("").replace("\"size\":2", "\"size\":\"2\""),

@@ -4,18 +4,12 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST_V1_SIGNED: &str =
-    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const DOCKER_MANIFEST_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 /// Every manifest media type a client may negotiate with `Accept`.
-pub const MANIFEST_TYPES: [&str; 4] = [
-    OCI_MANIFEST,
-    OCI_INDEX,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-];
+pub const MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
 /// Layer types whose blobs live elsewhere (Windows base layers): their presence in this
 /// registry is not required when a manifest is pushed.
@@ -49,17 +43,8 @@ mod tests {
     fn accept_negotiation() {
         assert!(accept_admits([], OCI_MANIFEST));
         assert!(accept_admits(["*/*"], OCI_MANIFEST));
-        assert!(accept_admits(
-            [
-                DOCKER_MANIFEST,
-                "application/vnd.oci.image.manifest.v1+json; q=0.5"
-            ],
-            OCI_MANIFEST
-        ));
-        assert!(accept_admits(
-            [&*format!("{DOCKER_MANIFEST}, {OCI_INDEX}")],
-            OCI_INDEX
-        ));
+        assert!(accept_admits([DOCKER_MANIFEST, "application/vnd.oci.image.manifest.v1+json; q=0.5"], OCI_MANIFEST));
+        assert!(accept_admits([&*format!("{DOCKER_MANIFEST}, {OCI_INDEX}")], OCI_INDEX));
         assert!(!accept_admits([DOCKER_MANIFEST], OCI_MANIFEST));
     }
 }

@@ -15,8 +15,7 @@ pub struct RepositoryName(String);
 
 impl RepositoryName {
     pub fn parse(s: &str) -> Option<RepositoryName> {
-        (s.len() <= MAX_NAME_LEN && s.split('/').all(valid_component))
-            .then(|| RepositoryName(s.to_owned()))
+        (s.len() <= MAX_NAME_LEN && s.split('/').all(valid_component)).then(|| RepositoryName(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -72,8 +71,7 @@ impl Tag {
         let ok = !b.is_empty()
             && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter()
-                .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+            && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
         ok.then(|| Tag(s.to_owned()))
     }
 
@@ -104,13 +102,9 @@ pub enum ReferenceError {
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
         if Digest::looks_like_digest(s) {
-            s.parse()
-                .map(Reference::Digest)
-                .map_err(ReferenceError::Digest)
+            s.parse().map(Reference::Digest).map_err(ReferenceError::Digest)
         } else {
-            Tag::parse(s)
-                .map(Reference::Tag)
-                .ok_or_else(|| ReferenceError::Tag(s.to_owned()))
+            Tag::parse(s).map(Reference::Tag).ok_or_else(|| ReferenceError::Tag(s.to_owned()))
         }
     }
 }
@@ -130,14 +124,7 @@ mod tests {
 
     #[test]
     fn names() {
-        for good in [
-            "a",
-            "library/ubuntu",
-            "a-b/c.d/e_f",
-            "a__b",
-            "a---b/0",
-            "x/y/z/w",
-        ] {
+        for good in ["a", "library/ubuntu", "a-b/c.d/e_f", "a__b", "a---b/0", "x/y/z/w"] {
             assert!(RepositoryName::parse(good).is_some(), "{good}");
         }
         let long = "a".repeat(256);
@@ -175,14 +162,9 @@ mod tests {
         }
         assert!(matches!(Reference::parse("latest"), Ok(Reference::Tag(_))));
         assert!(matches!(
-            Reference::parse(
-                "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            ),
+            Reference::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
             Ok(Reference::Digest(_))
         ));
-        assert!(matches!(
-            Reference::parse("sha256:zz"),
-            Err(ReferenceError::Digest(_))
-        ));
+        assert!(matches!(Reference::parse("sha256:zz"), Err(ReferenceError::Digest(_))));
     }
 }

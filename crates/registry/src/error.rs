@@ -13,11 +13,7 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RegistryError {
-        RegistryError {
-            code,
-            message: message.into(),
-            detail: None,
-        }
+        RegistryError { code, message: message.into(), detail: None }
     }
 
     pub fn with_detail(mut self, detail: Value) -> RegistryError {
@@ -31,10 +27,7 @@ impl RegistryError {
     }
 
     pub fn upload_unknown() -> RegistryError {
-        RegistryError::new(
-            ErrorCode::BlobUploadUnknown,
-            ErrorCode::BlobUploadUnknown.message(),
-        )
+        RegistryError::new(ErrorCode::BlobUploadUnknown, ErrorCode::BlobUploadUnknown.message())
     }
 
     fn internal(what: &str, err: &dyn std::fmt::Display) -> RegistryError {

@@ -4,11 +4,13 @@
 //! operations in the order that keeps the store consistent: bytes are durable and
 //! verified before any metadata points at them.
 
+mod cache;
 mod error;
 mod listing;
 mod manifests;
 mod uploads;
 
+pub use cache::ManifestEntry;
 pub use error::{RegistryError, Result};
 pub use listing::Page;
 pub use manifests::{ManifestPut, Referrers};
@@ -46,16 +48,12 @@ pub struct Registry {
     meta: MetadataStore,
     settings: Settings,
     sessions: uploads::Sessions,
+    caches: cache::Caches,
 }
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, meta: MetadataStore, settings: Settings) -> Registry {
-        Registry {
-            blobs,
-            meta,
-            settings,
-            sessions: uploads::Sessions::default(),
-        }
+        Registry { blobs, meta, settings, sessions: uploads::Sessions::default(), caches: cache::Caches::default() }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -66,19 +64,21 @@ impl Registry {
         if self.settings.delete_enabled {
             Ok(())
         } else {
-            Err(RegistryError::new(
-                ErrorCode::Unsupported,
-                "deletion is disabled (storage.delete.enabled)",
-            ))
+            Err(RegistryError::new(ErrorCode::Unsupported, "deletion is disabled (storage.delete.enabled)"))
         }
     }
 
     /// Size of a blob the repository may serve (`HEAD`), from metadata alone.
     pub async fn blob_size(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
-        self.meta
-            .linked_blob(repo.as_str(), digest)
-            .await?
-            .ok_or_else(|| RegistryError::blob_unknown(digest))
+        let key = cache::key(repo.as_str(), digest.as_str());
+        if let Some(size) = self.caches.blob(&key) {
+            return Ok(size);
+        }
+        let generation = self.caches.generation();
+        let size =
+            self.meta.linked_blob(repo.as_str(), digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
+        self.caches.fill_blob(generation, key, size);
+        Ok(size)
     }
 
     /// Opens a blob, or a range of it, for streaming.
@@ -104,6 +104,7 @@ impl Registry {
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
         self.require_delete()?;
         if self.meta.unlink_blob(repo.as_str(), digest).await? {
+            self.caches.blob_unlinked(&cache::key(repo.as_str(), digest.as_str()));
             Ok(())
         } else {
             Err(RegistryError::blob_unknown(digest))
@@ -119,12 +120,7 @@ impl Registry {
         from: Option<&RepositoryName>,
     ) -> Result<bool> {
         if let Some(from) = from {
-            if self
-                .meta
-                .linked_blob(from.as_str(), digest)
-                .await?
-                .is_none()
-            {
+            if self.meta.linked_blob(from.as_str(), digest).await?.is_none() {
                 return Ok(false);
             }
         }

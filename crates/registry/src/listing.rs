@@ -1,7 +1,8 @@
 //! Tag and repository listings, paginated by key: a page costs a page.
 
-use crate::{Registry, RegistryError, Result};
+use crate::{cache, Registry, RegistryError, Result};
 use berth_proto::{ErrorCode, RepositoryName};
+use std::sync::Arc;
 
 /// The most entries one catalog page returns (registry:2's `catalog.maxentries`).
 const MAX_CATALOG_PAGE: u32 = 1000;
@@ -9,7 +10,7 @@ const MAX_CATALOG_PAGE: u32 = 1000;
 const MAX_TAG_PAGE: u32 = 10_000;
 
 /// A page of names, and whether more follow it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Page {
     pub names: Vec<String>,
     pub more: bool,
@@ -26,36 +27,40 @@ impl Page {
 
 impl Registry {
     /// Tags after `last`; without `n`, every tag (as registry:2 does).
-    pub async fn tags(
-        &self,
-        repo: &RepositoryName,
-        last: Option<&str>,
-        n: Option<u32>,
-    ) -> Result<Page> {
-        let Some(id) = self.meta.repository_id(repo.as_str()).await? else {
-            return Err(RegistryError::new(
-                ErrorCode::NameUnknown,
-                format!("repository {repo} is not known"),
-            ));
-        };
+    pub async fn tags(&self, repo: &RepositoryName, last: Option<&str>, n: Option<u32>) -> Result<Arc<Page>> {
+        let id = self.repository_id(repo).await?;
         let limit = n.map_or(u32::MAX - 1, |n| n.min(MAX_TAG_PAGE));
-        if limit == 0 {
-            return Ok(Page {
-                names: Vec::new(),
-                more: false,
-            });
+        let last = last.unwrap_or("");
+        let key = cache::key(repo.as_str(), &format!("{last}\0{limit}"));
+        if let Some(page) = self.caches.tag_page(&key) {
+            return Ok(page);
         }
-        let names = self.meta.tags(id, last.unwrap_or(""), limit + 1).await?;
-        Ok(Page::from_fetch(names, limit))
+        let generation = self.caches.generation();
+        let page = if limit == 0 {
+            Page { names: Vec::new(), more: false }
+        } else {
+            Page::from_fetch(self.meta.tags(id, last, limit + 1).await?, limit)
+        };
+        let page = Arc::new(page);
+        self.caches.fill_tag_page(generation, key, page.clone());
+        Ok(page)
+    }
+
+    async fn repository_id(&self, repo: &RepositoryName) -> Result<i64> {
+        if let Some(id) = self.caches.repository(repo.as_str()) {
+            return Ok(id);
+        }
+        let Some(id) = self.meta.repository_id(repo.as_str()).await? else {
+            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")));
+        };
+        self.caches.fill_repository(repo.as_str(), id);
+        Ok(id)
     }
 
     pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
         let limit = n.unwrap_or(MAX_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
         if limit == 0 {
-            return Ok(Page {
-                names: Vec::new(),
-                more: false,
-            });
+            return Ok(Page { names: Vec::new(), more: false });
         }
         let names = self.meta.catalog(last.unwrap_or(""), limit + 1).await?;
         Ok(Page::from_fetch(names, limit))

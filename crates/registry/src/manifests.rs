@@ -1,10 +1,12 @@
 //! Manifests: validated on push, stored byte for byte, served from metadata.
 
+use crate::cache::{self, ManifestEntry};
 use crate::{Registry, RegistryError, Result};
 use berth_metadata::{NewManifest, PutManifestError, StoredManifest};
 use berth_proto::{media, Algorithm, Digest, ErrorCode, Manifest, Reference, RepositoryName};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// The outcome of a manifest push.
 #[derive(Debug)]
@@ -29,8 +31,8 @@ impl Registry {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<ManifestPut> {
-        let manifest = Manifest::parse(&bytes, content_type)
-            .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
+        let manifest =
+            Manifest::parse(&bytes, content_type).map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
         let digest = match reference {
             Reference::Digest(claimed) => {
                 let actual = Digest::of(claimed.algorithm(), &bytes);
@@ -49,10 +51,7 @@ impl Registry {
         if self.blobs.stat(&digest).await?.is_none() {
             self.blobs.put_bytes(&digest, bytes.clone()).await?;
         }
-        let annotations = manifest
-            .annotations
-            .as_ref()
-            .map(|a| Value::Object(a.clone()).to_string());
+        let annotations = manifest.annotations.as_ref().map(|a| Value::Object(a.clone()).to_string());
         let record = NewManifest {
             digest: &digest,
             media_type: &manifest.media_type,
@@ -68,10 +67,7 @@ impl Registry {
             Reference::Digest(_) => None,
         };
         match self.meta.put_manifest(repo.as_str(), &record, tag).await {
-            Ok(()) => Ok(ManifestPut {
-                subject: manifest.subject.map(|s| s.digest),
-                digest,
-            }),
+            Ok(()) => Ok(ManifestPut { subject: manifest.subject.map(|s| s.digest), digest }),
             Err(PutManifestError::Missing(target)) => Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("manifest references {target}, which is not in repository {repo}"),
@@ -81,48 +77,54 @@ impl Registry {
         }
     }
 
-    pub async fn get_manifest(
-        &self,
-        repo: &RepositoryName,
-        reference: &Reference,
-    ) -> Result<StoredManifest> {
+    /// A manifest by tag or digest, from the caches when they have it.
+    pub async fn get_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<Arc<ManifestEntry>> {
+        let digest_key = match reference {
+            Reference::Digest(d) => Some(cache::key(repo.as_str(), d.as_str())),
+            Reference::Tag(t) => {
+                self.caches.tag(&cache::key(repo.as_str(), t.as_str())).map(|d| cache::key(repo.as_str(), &d))
+            }
+        };
+        if let Some(m) = digest_key.and_then(|k| self.caches.manifest(&k)) {
+            return Ok(m);
+        }
+        let generation = self.caches.generation();
         let found = match reference {
             Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
             Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
         };
-        match found {
-            Some(m) => Ok(m),
-            None => Err(self.manifest_unknown(repo, reference).await),
+        let Some(StoredManifest { digest, media_type, content }) = found else {
+            return Err(self.manifest_unknown(repo, reference).await);
+        };
+        let m = Arc::new(ManifestEntry { digest, media_type, content: content.into() });
+        if let Reference::Tag(t) = reference {
+            self.caches.fill_tag(generation, cache::key(repo.as_str(), t.as_str()), m.digest.clone());
         }
+        self.caches.fill_manifest(generation, cache::key(repo.as_str(), &m.digest), m.clone());
+        Ok(m)
     }
 
-    async fn manifest_unknown(
-        &self,
-        repo: &RepositoryName,
-        reference: &Reference,
-    ) -> RegistryError {
+    async fn manifest_unknown(&self, repo: &RepositoryName, reference: &Reference) -> RegistryError {
         match self.meta.repository_id(repo.as_str()).await {
-            Ok(None) => RegistryError::new(
-                ErrorCode::NameUnknown,
-                format!("repository {repo} is not known"),
-            ),
-            _ => RegistryError::new(
-                ErrorCode::ManifestUnknown,
-                format!("manifest {reference} is not in {repo}"),
-            ),
+            Ok(None) => RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")),
+            _ => RegistryError::new(ErrorCode::ManifestUnknown, format!("manifest {reference} is not in {repo}")),
         }
     }
 
     /// Deletes a manifest by digest (with its tags), or only a tag.
-    pub async fn delete_manifest(
-        &self,
-        repo: &RepositoryName,
-        reference: &Reference,
-    ) -> Result<()> {
+    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<()> {
         self.require_delete()?;
         let deleted = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo.as_str(), t.as_str()).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str(), d).await?,
+            Reference::Tag(t) => {
+                let deleted = self.meta.delete_tag(repo.as_str(), t.as_str()).await?;
+                self.caches.tag_changed(&cache::key(repo.as_str(), t.as_str()));
+                deleted
+            }
+            Reference::Digest(d) => {
+                let deleted = self.meta.delete_manifest(repo.as_str(), d).await?;
+                self.caches.manifest_deleted(&cache::key(repo.as_str(), d.as_str()));
+                deleted
+            }
         };
         if deleted {
             Ok(())
@@ -138,10 +140,7 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Referrers> {
-        let rows = self
-            .meta
-            .referrers(repo.as_str(), subject, artifact_type)
-            .await?;
+        let rows = self.meta.referrers(repo.as_str(), subject, artifact_type).await?;
         let manifests: Vec<Value> = rows
             .into_iter()
             .map(|r| {
@@ -152,20 +151,13 @@ impl Registry {
                 if let Some(t) = r.artifact_type {
                     d.insert("artifactType".into(), t.into());
                 }
-                if let Some(a) = r
-                    .annotations
-                    .and_then(|a| serde_json::from_str::<Value>(&a).ok())
-                {
+                if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<Value>(&a).ok()) {
                     d.insert("annotations".into(), a);
                 }
                 Value::Object(d)
             })
             .collect();
-        let index =
-            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
-        Ok(Referrers {
-            body: index.to_string().into_bytes(),
-            filtered: artifact_type.is_some(),
-        })
+        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        Ok(Referrers { body: index.to_string().into_bytes(), filtered: artifact_type.is_some() })
     }
 }

@@ -73,10 +73,7 @@ impl Registry {
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
         let offset = self.session_offset(repo, id).await?;
-        Ok(UploadState {
-            id: id.to_owned(),
-            offset,
-        })
+        Ok(UploadState { id: id.to_owned(), offset })
     }
 
     /// Appends a chunk (`PATCH`). `len` is the announced body length, if any.
@@ -91,13 +88,8 @@ impl Registry {
         let slot = self.sessions.slot(id);
         let mut cached = slot.lock().await;
         let offset = self.session_offset(repo, id).await?;
-        let offset = self
-            .append_locked(id, offset, &mut cached, range, len, body)
-            .await?;
-        Ok(UploadState {
-            id: id.to_owned(),
-            offset,
-        })
+        let offset = self.append_locked(id, offset, &mut cached, range, len, body).await?;
+        Ok(UploadState { id: id.to_owned(), offset })
     }
 
     async fn append_locked(
@@ -110,9 +102,7 @@ impl Registry {
         body: ByteStream,
     ) -> Result<u64> {
         let max_len = chunk_length(offset, range, len)?;
-        let hasher = self
-            .hasher_at(id, offset, cached, Algorithm::Sha256)
-            .await?;
+        let hasher = self.hasher_at(id, offset, cached, Algorithm::Sha256).await?;
         let appended = match self.blobs.append(id, offset, hasher, body, max_len).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
@@ -122,10 +112,7 @@ impl Registry {
                 ))
             }
             Err(AppendError::TooLong) => {
-                return Err(RegistryError::new(
-                    ErrorCode::SizeInvalid,
-                    "body is longer than its declared length",
-                ))
+                return Err(RegistryError::new(ErrorCode::SizeInvalid, "body is longer than its declared length"))
             }
             Err(AppendError::Storage(e)) => return Err(e.into()),
         };
@@ -134,38 +121,19 @@ impl Registry {
             // upload. The bytes past `offset` are cut by the next append or publish.
             return Err(RegistryError::new(
                 ErrorCode::SizeInvalid,
-                format!(
-                    "declared {expected} bytes, received {}",
-                    appended.offset - offset
-                ),
+                format!("declared {expected} bytes, received {}", appended.offset - offset),
             ));
         }
-        if !self
-            .meta
-            .advance_upload(id, offset, appended.offset)
-            .await?
-        {
+        if !self.meta.advance_upload(id, offset, appended.offset).await? {
             cached.hasher = None;
-            return Err(RegistryError::new(
-                ErrorCode::RangeInvalid,
-                "upload was modified concurrently",
-            ));
+            return Err(RegistryError::new(ErrorCode::RangeInvalid, "upload was modified concurrently"));
         }
-        *cached = Cached {
-            offset: appended.offset,
-            hasher: Some(appended.hasher),
-        };
+        *cached = Cached { offset: appended.offset, hasher: Some(appended.hasher) };
         Ok(appended.offset)
     }
 
     /// The hash state over the first `offset` bytes of the spool.
-    async fn hasher_at(
-        &self,
-        id: &str,
-        offset: u64,
-        cached: &mut Cached,
-        alg: Algorithm,
-    ) -> Result<Hasher> {
+    async fn hasher_at(&self, id: &str, offset: u64, cached: &mut Cached, alg: Algorithm) -> Result<Hasher> {
         match cached.hasher.take() {
             Some(h) if cached.offset == offset && h.algorithm() == alg => Ok(h),
             _ => Ok(self.blobs.rehash(id, offset, alg).await?),
@@ -185,28 +153,19 @@ impl Registry {
         let mut cached = slot.lock().await;
         let mut offset = self.session_offset(repo, id).await?;
         if let Some(body) = body {
-            offset = self
-                .append_locked(id, offset, &mut cached, None, len, body)
-                .await?;
+            offset = self.append_locked(id, offset, &mut cached, None, len, body).await?;
         }
-        let actual = self
-            .hasher_at(id, offset, &mut cached, digest.algorithm())
-            .await?
-            .finish();
+        let actual = self.hasher_at(id, offset, &mut cached, digest.algorithm()).await?.finish();
         if &actual != digest {
             self.discard_upload(id).await?;
             return Err(RegistryError::new(
                 ErrorCode::DigestInvalid,
                 format!("uploaded content has digest {actual}, not {digest}"),
             )
-            .with_detail(
-                serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() }),
-            ));
+            .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
         self.blobs.publish(id, digest, offset).await?;
-        self.meta
-            .commit_blob(repo.as_str(), digest, offset, Some(id))
-            .await?;
+        self.meta.commit_blob(repo.as_str(), digest, offset, Some(id)).await?;
         self.sessions.forget(id);
         Ok(offset)
     }
@@ -235,9 +194,7 @@ impl Registry {
         body: ByteStream,
     ) -> Result<u64> {
         let session = self.start_upload(repo).await?;
-        let result = self
-            .finish_upload(repo, &session.id, digest, len, Some(body))
-            .await;
+        let result = self.finish_upload(repo, &session.id, digest, len, Some(body)).await;
         if result.is_err() {
             self.discard_upload(&session.id).await.ok();
         }
@@ -246,8 +203,7 @@ impl Registry {
 
     /// Purges sessions idle for longer than the configured timeout; returns how many.
     pub async fn purge_idle_uploads(&self) -> Result<usize> {
-        let cutoff =
-            berth_metadata::now_millis() - self.settings.upload_idle_timeout.as_millis() as i64;
+        let cutoff = berth_metadata::now_millis() - self.settings.upload_idle_timeout.as_millis() as i64;
         let ids = self.meta.idle_uploads(cutoff).await?;
         for id in &ids {
             let slot = self.sessions.slot(id);
@@ -265,10 +221,7 @@ fn chunk_length(offset: u64, range: Option<ChunkRange>, len: Option<u64>) -> Res
     if range.start != offset {
         return Err(RegistryError::new(
             ErrorCode::RangeInvalid,
-            format!(
-                "chunk starts at {} but the upload holds {offset} bytes",
-                range.start
-            ),
+            format!("chunk starts at {} but the upload holds {offset} bytes", range.start),
         ));
     }
     let range_len = range.end.map(|end| end + 1 - range.start);

@@ -38,10 +38,7 @@ impl FsBlobStore {
 
     fn blob_dir(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.blobs
-            .join(digest.algorithm().name())
-            .join(&hex[..2])
-            .join(hex)
+        self.blobs.join(digest.algorithm().name()).join(&hex[..2]).join(hex)
     }
 
     fn spool(&self, id: &str) -> PathBuf {
@@ -97,12 +94,8 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 /// How much is written before the kernel is asked to start writing it back.
@@ -139,12 +132,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on a descriptor we own; failure only loses the head start.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
@@ -209,20 +197,12 @@ impl BlobStore for FsBlobStore {
         let forwarded = forward_body(body, tx, max_len).await;
         let written = writer.await.map_err(io::Error::other)?;
         match (forwarded, written) {
-            (Ok(n), Ok((_, hasher))) => Ok(Appended {
-                offset: offset + n,
-                hasher,
-            }),
+            (Ok(n), Ok((_, hasher))) => Ok(Appended { offset: offset + n, hasher }),
             (forwarded, written) => {
                 let path = self.spool(id);
-                blocking(move || OpenOptions::new().write(true).open(path)?.set_len(offset))
-                    .await?;
+                blocking(move || OpenOptions::new().write(true).open(path)?.set_len(offset)).await?;
                 forwarded?;
-                Err(AppendError::Storage(
-                    written
-                        .err()
-                        .unwrap_or_else(|| io::Error::other("write failed")),
-                ))
+                Err(AppendError::Storage(written.err().unwrap_or_else(|| io::Error::other("write failed"))))
             }
         }
     }
@@ -290,8 +270,7 @@ impl BlobStore for FsBlobStore {
                 return;
             }
             while left > 0 {
-                let mut buf =
-                    vec![0u8; READ_CHUNK.min(usize::try_from(left).unwrap_or(READ_CHUNK))];
+                let mut buf = vec![0u8; READ_CHUNK.min(usize::try_from(left).unwrap_or(READ_CHUNK))];
                 let item = match file.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -338,40 +317,21 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).unwrap();
         store.create_upload("u1").await.unwrap();
         let h = Hasher::new(Algorithm::Sha256);
-        let a = store
-            .append("u1", 0, h, body(vec![b"hello ", b"wor"]), None)
-            .await
-            .unwrap();
+        let a = store.append("u1", 0, h, body(vec![b"hello ", b"wor"]), None).await.unwrap();
         assert_eq!(a.offset, 9);
-        let a = store
-            .append("u1", 9, a.hasher, body(vec![b"ld"]), Some(2))
-            .await
-            .unwrap();
+        let a = store.append("u1", 9, a.hasher, body(vec![b"ld"]), Some(2)).await.unwrap();
         let digest = a.hasher.finish();
         assert_eq!(digest, Digest::of(Algorithm::Sha256, b"hello world"));
-        let rebuilt = store
-            .rehash("u1", 11, Algorithm::Sha256)
-            .await
-            .unwrap()
-            .finish();
+        let rebuilt = store.rehash("u1", 11, Algorithm::Sha256).await.unwrap().finish();
         assert_eq!(rebuilt, digest);
         store.publish("u1", &digest, 11).await.unwrap();
         assert_eq!(store.stat(&digest).await.unwrap(), Some(11));
         let hex = digest.hex();
-        let on_disk = dir.path().join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ));
+        let on_disk = dir.path().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
         assert_eq!(std::fs::read(on_disk).unwrap(), b"hello world");
-        let part = store
-            .read(&digest, Some(ByteRange { start: 6, end: 9 }))
-            .await
-            .unwrap();
+        let part = store.read(&digest, Some(ByteRange { start: 6, end: 9 })).await.unwrap();
         assert_eq!(collect(part).await, b"worl");
-        assert_eq!(
-            collect(store.read(&digest, None).await.unwrap()).await,
-            b"hello world"
-        );
+        assert_eq!(collect(store.read(&digest, None).await.unwrap()).await, b"hello world");
     }
 
     #[tokio::test]
@@ -379,39 +339,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
         store.create_upload("u2").await.unwrap();
-        let a = store
-            .append(
-                "u2",
-                0,
-                Hasher::new(Algorithm::Sha256),
-                body(vec![b"abc"]),
-                None,
-            )
-            .await
-            .unwrap();
+        let a = store.append("u2", 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
         let broken: ByteStream = futures_util::stream::iter(vec![
             Ok(Bytes::from_static(b"def")),
-            Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "client went away",
-            )),
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client went away")),
         ])
         .boxed();
-        let err = store
-            .append("u2", 3, a.hasher.clone(), broken, None)
-            .await
-            .err()
-            .unwrap();
+        let err = store.append("u2", 3, a.hasher.clone(), broken, None).await.err().unwrap();
         assert!(matches!(err, AppendError::Body(_)));
-        let too_long = store
-            .append("u2", 3, a.hasher, body(vec![b"defg"]), Some(3))
-            .await
-            .err()
-            .unwrap();
+        let too_long = store.append("u2", 3, a.hasher, body(vec![b"defg"]), Some(3)).await.err().unwrap();
         assert!(matches!(too_long, AppendError::TooLong));
-        assert_eq!(
-            std::fs::read(dir.path().join("berth/uploads/u2")).unwrap(),
-            b"abc"
-        );
+        assert_eq!(std::fs::read(dir.path().join("berth/uploads/u2")).unwrap(), b"abc");
     }
 }

@@ -65,12 +65,7 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Rebuilds the hash state of the first `len` spool bytes (after a restart, or when
     /// another instance received the earlier chunks).
-    async fn rehash(
-        &self,
-        id: &str,
-        len: u64,
-        algorithm: berth_proto::Algorithm,
-    ) -> io::Result<Hasher>;
+    async fn rehash(&self, id: &str, len: u64, algorithm: berth_proto::Algorithm) -> io::Result<Hasher>;
 
     /// Publishes the first `size` bytes of a verified spool at the blob's content
     /// address. Atomic: the blob is either absent or complete and durable. Publishing an

@@ -21,8 +21,7 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
-pub const EMPTY_DIGEST: &str =
-    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+pub const EMPTY_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
@@ -59,35 +58,23 @@ pub struct Resp {
 
 impl Resp {
     pub fn opt_header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("header is not ASCII"))
+        self.headers.get(name).map(|v| v.to_str().expect("header is not ASCII"))
     }
 
     #[track_caller]
     pub fn header(&self, name: &str) -> &str {
-        self.opt_header(name)
-            .unwrap_or_else(|| panic!("missing header {name} in {self:?}"))
+        self.opt_header(name).unwrap_or_else(|| panic!("missing header {name} in {self:?}"))
     }
 
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     #[track_caller]
     pub fn status(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status,
-            status,
-            "unexpected status; body: {}",
-            String::from_utf8_lossy(&self.body)
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", String::from_utf8_lossy(&self.body));
         self
     }
 
@@ -96,9 +83,7 @@ impl Resp {
     pub fn error(&self, status: u16, code: &str) -> &Self {
         self.status(status);
         let v = self.json();
-        let errors = v["errors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no errors array: {v}"));
+        let errors = v["errors"].as_array().unwrap_or_else(|| panic!("no errors array: {v}"));
         assert!(!errors.is_empty(), "empty errors array");
         assert_eq!(errors[0]["code"], code, "error body: {v}");
         assert!(errors[0]["message"].is_string(), "error body: {v}");
@@ -124,11 +109,7 @@ pub struct Desc {
 
 impl Desc {
     pub fn of(media_type: &str, data: &[u8]) -> Desc {
-        Desc {
-            media_type: media_type.to_owned(),
-            digest: sha256(data),
-            size: data.len(),
-        }
+        Desc { media_type: media_type.to_owned(), digest: sha256(data), size: data.len() }
     }
 
     pub fn json(&self) -> Value {
@@ -164,10 +145,7 @@ pub fn to_bytes(v: &Value) -> Vec<u8> {
 }
 
 pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 impl Server {
@@ -183,10 +161,7 @@ impl Server {
 
     /// A server on an existing root (a "restart" of another server).
     pub async fn on_root(root: Arc<tempfile::TempDir>, extra: &[(&str, &str)]) -> Server {
-        let mut vars = env(&[(
-            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-            &root.path().display().to_string(),
-        )]);
+        let mut vars = env(&[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root.path().display().to_string())]);
         vars.extend(env(extra));
         let config = berth::config::Config::load(None, vars).unwrap();
         let app = berth::build(&config).await.unwrap();
@@ -195,14 +170,7 @@ impl Server {
         let router = app.router;
         let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Server {
-            addr,
-            base: format!("http://{addr}"),
-            root,
-            registry: app.registry,
-            client,
-            task,
-        }
+        Server { addr, base: format!("http://{addr}"), root, registry: app.registry, client, task }
     }
 
     pub fn root_path(&self) -> &Path {
@@ -214,43 +182,23 @@ impl Server {
     pub fn path_of(&self, location: &str) -> String {
         location
             .strip_prefix(&self.base)
-            .unwrap_or_else(|| {
-                panic!(
-                    "Location {location:?} is not an absolute URL on {}",
-                    self.base
-                )
-            })
+            .unwrap_or_else(|| panic!("Location {location:?} is not an absolute URL on {}", self.base))
             .to_owned()
     }
 
     /// Any request; every response must carry the API version header.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Vec<u8>>,
-    ) -> Resp {
-        let mut rb = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base));
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Resp {
+        let mut rb = self.client.request(method.clone(), format!("{}{path}", self.base));
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
         if let Some(b) = body {
             rb = rb.body(b);
         }
-        let r = rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let r = rb.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let (status, headers) = (r.status().as_u16(), r.headers().clone());
         let body = r.bytes().await.unwrap();
-        let resp = Resp {
-            status,
-            headers,
-            body,
-        };
+        let resp = Resp { status, headers, body };
         assert_eq!(
             resp.opt_header("docker-distribution-api-version"),
             Some("registry/2.0"),
@@ -288,30 +236,16 @@ impl Server {
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
-        let r = rb
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
-            .await
-            .unwrap();
+        let r = rb.body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
         let (status, headers) = (r.status().as_u16(), r.headers().clone());
-        Resp {
-            status,
-            headers,
-            body: r.bytes().await.unwrap(),
-        }
+        Resp { status, headers, body: r.bytes().await.unwrap() }
     }
 
     // ---- blobs and uploads ----------------------------------------------------------
 
     /// Monolithic `POST ?digest=`.
     pub async fn post_blob(&self, repo: &str, digest: &str, data: &[u8]) -> Resp {
-        self.send(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
-            &[],
-            Some(data.to_vec()),
-        )
-        .await
+        self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), &[], Some(data.to_vec())).await
     }
 
     /// Pushes a blob (monolithic) and returns its descriptor.
@@ -327,14 +261,7 @@ impl Server {
 
     /// `POST` a new session; returns the path of its `Location`.
     pub async fn start_upload(&self, repo: &str) -> String {
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/"),
-                &[],
-                None,
-            )
-            .await;
+        let r = self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), &[], None).await;
         r.status(202);
         self.path_of(r.header("location"))
     }
@@ -342,20 +269,13 @@ impl Server {
     /// `PATCH` a chunk, with an optional `Content-Range`.
     pub async fn patch(&self, session: &str, data: &[u8], range: Option<&str>) -> Resp {
         let headers: Vec<(&str, &str)> = range.map(|r| ("content-range", r)).into_iter().collect();
-        self.send(Method::PATCH, session, &headers, Some(data.to_vec()))
-            .await
+        self.send(Method::PATCH, session, &headers, Some(data.to_vec())).await
     }
 
     /// `PUT ?digest=` on a session, with an optional final chunk.
     pub async fn finish(&self, session: &str, digest: &str, data: Option<&[u8]>) -> Resp {
         let sep = if session.contains('?') { '&' } else { '?' };
-        self.send(
-            Method::PUT,
-            &format!("{session}{sep}digest={digest}"),
-            &[],
-            data.map(<[u8]>::to_vec),
-        )
-        .await
+        self.send(Method::PUT, &format!("{session}{sep}digest={digest}"), &[], data.map(<[u8]>::to_vec)).await
     }
 
     /// `GET` of a blob's bytes, asserted 200.
@@ -367,29 +287,14 @@ impl Server {
 
     // ---- manifests ------------------------------------------------------------------
 
-    pub async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        body: &[u8],
-    ) -> Resp {
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
         let headers = [("content-type", media_type)];
-        self.send(
-            Method::PUT,
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &headers,
-            Some(body.to_vec()),
-        )
-        .await
+        self.send(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), &headers, Some(body.to_vec())).await
     }
 
     /// Pushes a manifest JSON value; asserts 201 and returns its descriptor.
     pub async fn push_manifest(&self, repo: &str, reference: &str, manifest: &Value) -> Desc {
-        let media_type = manifest["mediaType"]
-            .as_str()
-            .unwrap_or(OCI_MANIFEST)
-            .to_owned();
+        let media_type = manifest["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_owned();
         let body = to_bytes(manifest);
         let d = Desc::of(&media_type, &body);
         self.put_manifest(repo, reference, &media_type, &body)
@@ -401,28 +306,15 @@ impl Server {
 
     /// Pushes the blobs of a small OCI image unique to `seed`; returns config and layer.
     pub async fn push_image_blobs(&self, repo: &str, seed: &str) -> (Desc, Desc) {
-        let config = self
-            .push_blob_as(
-                repo,
-                OCI_CONFIG,
-                format!("{{\"seed\":\"{seed}\"}}").as_bytes(),
-            )
-            .await;
-        let layer = self
-            .push_blob(repo, format!("layer of {seed}").as_bytes())
-            .await;
+        let config = self.push_blob_as(repo, OCI_CONFIG, format!("{{\"seed\":\"{seed}\"}}").as_bytes()).await;
+        let layer = self.push_blob(repo, format!("layer of {seed}").as_bytes()).await;
         (config, layer)
     }
 
     /// Pushes a complete small OCI image under `reference`; returns the manifest's descriptor.
     pub async fn push_image(&self, repo: &str, reference: &str, seed: &str) -> Desc {
         let (config, layer) = self.push_image_blobs(repo, seed).await;
-        self.push_manifest(
-            repo,
-            reference,
-            &image_manifest(OCI_MANIFEST, &config, &[layer]),
-        )
-        .await
+        self.push_manifest(repo, reference, &image_manifest(OCI_MANIFEST, &config, &[layer])).await
     }
 
     // ---- raw HTTP -------------------------------------------------------------------
@@ -441,21 +333,17 @@ impl Server {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         (status, body)
     }
 
     /// A bodiless request with a path sent exactly as given (no client normalisation).
     pub async fn raw_request(&self, method: &str, path: &str) -> (u16, String) {
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.addr);
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
         self.raw(&head, b"", false).await
     }
 }
