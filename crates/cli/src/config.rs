@@ -154,6 +154,27 @@ pub struct Berth {
     /// Allow listening beyond loopback without authentication.
     #[serde(default)]
     pub allowunauthenticated: bool,
+    #[serde(default)]
+    pub http: BerthHttp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BerthHttp {
+    /// The longest a request body may go without sending a byte before the request fails
+    /// (a stalled or vanished client); the upload session stays resumable.
+    #[serde(default = "default_body_timeout", with = "duration")]
+    pub bodytimeout: Duration,
+}
+
+impl Default for BerthHttp {
+    fn default() -> Self {
+        BerthHttp { bodytimeout: default_body_timeout() }
+    }
+}
+
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,7 +45,7 @@ fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
             headers.push((header.clone(), value));
         }
     }
-    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers })
+    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers, body_timeout: config.berth.http.bodytimeout })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then lets in-flight requests finish.

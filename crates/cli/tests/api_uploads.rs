@@ -239,6 +239,22 @@ async fn truncated_chunk_is_not_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_fails_and_keeps_the_session() {
+    let s = Server::with_env(&[("REGISTRY_BERTH_HTTP_BODYTIMEOUT", "300ms")]).await;
+    let session = s.start_upload("stall").await;
+    s.patch(&session, b"kept", None).await.status(202).has("range", "0-3");
+    // Announce 100 bytes, send 10, then neither send more nor close: the client stalls.
+    let head = format!(
+        "PATCH {session} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n",
+        s.addr
+    );
+    let (status, body) = s.raw(&head, b"0123456789", false).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("BLOB_UPLOAD_INVALID"), "{body}");
+    s.get(&session).await.status(204).has("range", "0-3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_final_chunk_is_not_published() {
     let s = Server::start().await;
     let session = s.start_upload("trunc-put").await;

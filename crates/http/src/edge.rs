@@ -8,16 +8,18 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 /// Options of the HTTP edge, from the `http` section of the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EdgeOptions {
     /// `http.relativeurls`: `Location` headers without scheme and host.
     pub relative_urls: bool,
     /// `http.headers`: added to every response.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `berth.http.bodytimeout`: the longest a request body may stall.
+    pub body_timeout: Duration,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

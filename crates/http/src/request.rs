@@ -6,8 +6,9 @@ use axum::http::{header, HeaderMap, Uri};
 use berth_proto::reference::ReferenceError;
 use berth_proto::{Digest, DigestError, ErrorCode, Reference, RepositoryName};
 use berth_storage::ByteStream;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
+use std::time::Duration;
 
 pub(crate) fn name(s: &str) -> Result<RepositoryName, ApiError> {
     RepositoryName::parse(s).ok_or_else(|| {
@@ -63,8 +64,24 @@ pub(crate) fn has_body(headers: &HeaderMap) -> Result<bool, ApiError> {
     })
 }
 
-pub(crate) fn body_stream(body: Body) -> ByteStream {
-    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+/// The request body as a stream that fails when the client stalls for longer than
+/// `idle`: a stalled upload must not hold its session and a disk thread forever.
+pub(crate) fn body_stream(body: Body, idle: Duration) -> ByteStream {
+    let body = body.into_data_stream().map_err(std::io::Error::other);
+    Box::pin(futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(item)) => Some((item, Some(body))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no body data for {}s", idle.as_secs_f32()),
+                );
+                Some((Err(stalled), None))
+            }
+        }
+    }))
 }
 
 /// A single `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` request, resolved against a

@@ -51,7 +51,7 @@ pub(crate) async fn start(app: &App, name: &str, req: Request) -> Result<Respons
         let digest = request::digest(digest)?;
         let len = request::content_length(req.headers())?;
         let (parts, body) = req.into_parts();
-        app.registry.upload_blob(&repo, &digest, len, request::body_stream(body)).await?;
+        app.registry.upload_blob(&repo, &digest, len, request::body_stream(body, app.options.body_timeout)).await?;
         return Ok(created_response(app, &parts.headers, &repo, &digest));
     }
     let session = app.registry.start_upload(&repo).await?;
@@ -69,7 +69,8 @@ pub(crate) async fn patch(app: &App, name: &str, id: &str, req: Request) -> Resu
     let range = request::chunk_range(req.headers())?;
     let len = request::content_length(req.headers())?;
     let (parts, body) = req.into_parts();
-    let session = app.registry.append_chunk(&repo, id, range, len, request::body_stream(body)).await?;
+    let session =
+        app.registry.append_chunk(&repo, id, range, len, request::body_stream(body, app.options.body_timeout)).await?;
     Ok(session_response(app, &parts.headers, &repo, &session, StatusCode::ACCEPTED))
 }
 
@@ -83,7 +84,7 @@ pub(crate) async fn put(app: &App, name: &str, id: &str, req: Request) -> Result
     let len = request::content_length(req.headers())?;
     let has_body = request::has_body(req.headers())?;
     let (parts, body) = req.into_parts();
-    let body = has_body.then(|| request::body_stream(body));
+    let body = has_body.then(|| request::body_stream(body, app.options.body_timeout));
     app.registry.finish_upload(&repo, id, &digest, len, body).await?;
     Ok(created_response(app, &parts.headers, &repo, &digest))
 }
