@@ -8,7 +8,7 @@ use axum::http::{HeaderName, HeaderValue};
 use berth_http::EdgeOptions;
 use berth_metadata::MetadataStore;
 use berth_registry::{Registry, Settings};
-use berth_storage::FsBlobStore;
+use berth_storage::{FsBlobStore, Spool};
 use config::Config;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub struct App {
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let root = config.root();
     let blobs = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+    let spool = Spool::open(&FsBlobStore::spool_dir(&root)).context("opening the upload spool")?;
     let url = config.database_url();
     let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
     let settings = Settings {
@@ -29,7 +30,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         max_manifest_size: config.berth.manifests.maxsize.unwrap_or(Settings::default().max_manifest_size),
         upload_idle_timeout: config.storage.maintenance.uploadpurging.age,
     };
-    let registry = Arc::new(Registry::new(Arc::new(blobs), meta, settings));
+    let registry = Arc::new(Registry::new(Arc::new(blobs), spool, meta, settings));
     let router = berth_http::router(registry.clone(), edge_options(config)?);
     Ok(App { registry, router })
 }

@@ -18,7 +18,7 @@ pub use uploads::{ChunkRange, UploadState};
 
 use berth_metadata::MetadataStore;
 use berth_proto::{Digest, ErrorCode, RepositoryName};
-use berth_storage::{BlobStore, ByteRange, ByteStream};
+use berth_storage::{BlobStore, ByteRange, ByteStream, Spool};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,7 @@ impl Default for Settings {
 
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
+    spool: Spool,
     meta: MetadataStore,
     settings: Settings,
     sessions: uploads::Sessions,
@@ -52,8 +53,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: MetadataStore, settings: Settings) -> Registry {
-        Registry { blobs, meta, settings, sessions: uploads::Sessions::default(), caches: cache::Caches::default() }
+    pub fn new(blobs: Arc<dyn BlobStore>, spool: Spool, meta: MetadataStore, settings: Settings) -> Registry {
+        Registry {
+            blobs,
+            spool,
+            meta,
+            settings,
+            sessions: uploads::Sessions::default(),
+            caches: cache::Caches::default(),
+        }
     }
 
     pub fn settings(&self) -> &Settings {

@@ -55,7 +55,7 @@ fn valid_id(id: &str) -> bool {
 impl Registry {
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadState> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.blobs.create_upload(&id).await?;
+        self.spool.create(&id).await?;
         self.meta.create_upload(&id, repo.as_str()).await?;
         Ok(UploadState { id, offset: 0 })
     }
@@ -103,7 +103,7 @@ impl Registry {
     ) -> Result<u64> {
         let max_len = chunk_length(offset, range, len)?;
         let hasher = self.hasher_at(id, offset, cached, Algorithm::Sha256).await?;
-        let appended = match self.blobs.append(id, offset, hasher, body, max_len).await {
+        let appended = match self.spool.append(id, offset, hasher, body, max_len).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
                 return Err(RegistryError::new(
@@ -136,7 +136,7 @@ impl Registry {
     async fn hasher_at(&self, id: &str, offset: u64, cached: &mut Cached, alg: Algorithm) -> Result<Hasher> {
         match cached.hasher.take() {
             Some(h) if cached.offset == offset && h.algorithm() == alg => Ok(h),
-            _ => Ok(self.blobs.rehash(id, offset, alg).await?),
+            _ => Ok(self.spool.rehash(id, offset, alg).await?),
         }
     }
 
@@ -164,7 +164,7 @@ impl Registry {
             )
             .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
-        self.blobs.publish(id, digest, offset).await?;
+        self.blobs.publish(&self.spool, id, digest, offset).await?;
         self.meta.commit_blob(repo.as_str(), digest, offset, Some(id)).await?;
         self.sessions.forget(id);
         Ok(offset)
@@ -180,7 +180,7 @@ impl Registry {
 
     async fn discard_upload(&self, id: &str) -> Result<()> {
         self.meta.delete_upload(id).await?;
-        self.blobs.delete_upload(id).await?;
+        self.spool.delete(id).await?;
         self.sessions.forget(id);
         Ok(())
     }

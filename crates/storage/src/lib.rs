@@ -1,13 +1,19 @@
 //! Content-addressed blob storage and upload spools.
 //!
-//! [`BlobStore`] is the narrow interface the registry service uses; it knows digests and
-//! upload ids, never repositories or registry rules. [`FsBlobStore`] implements it on a
-//! local (or shared) filesystem with the registry:2 layout. Object-store backends
-//! implement the same trait.
+//! [`Spool`] holds upload sessions' bytes on local disk while they arrive; [`BlobStore`]
+//! is the narrow interface through which verified uploads are published and blobs read.
+//! Neither knows repositories or registry rules. [`FsBlobStore`] implements it on a
+//! local (or shared) filesystem, [`ObjectBlobStore`] on any Apache OpenDAL service (S3,
+//! GCS, Azure Blob, Swift, ...); both keep blobs under registry:2's keys.
 
 mod fs;
+mod local;
+mod object;
+mod spool;
 
 pub use fs::FsBlobStore;
+pub use object::ObjectBlobStore;
+pub use spool::Spool;
 
 use berth_proto::{Digest, Hasher};
 use bytes::Bytes;
@@ -46,41 +52,99 @@ pub struct ByteRange {
     pub end: u64,
 }
 
+/// Where verified uploads are published and blobs are read from.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Creates an empty spool for a new upload session.
-    async fn create_upload(&self, id: &str) -> io::Result<()>;
-
-    /// Streams `body` into the spool at `offset`, hashing as it goes, and makes the new
-    /// bytes durable before returning. On any error the spool is cut back to `offset`,
-    /// so the session is exactly as it was before the call. `max_len` caps the chunk.
-    async fn append(
-        &self,
-        id: &str,
-        offset: u64,
-        hasher: Hasher,
-        body: ByteStream,
-        max_len: Option<u64>,
-    ) -> Result<Appended, AppendError>;
-
-    /// Rebuilds the hash state of the first `len` spool bytes (after a restart, or when
-    /// another instance received the earlier chunks).
-    async fn rehash(&self, id: &str, len: u64, algorithm: berth_proto::Algorithm) -> io::Result<Hasher>;
-
     /// Publishes the first `size` bytes of a verified spool at the blob's content
-    /// address. Atomic: the blob is either absent or complete and durable. Publishing an
-    /// existing digest just drops the spool (same bytes).
-    async fn publish(&self, id: &str, digest: &Digest, size: u64) -> io::Result<()>;
+    /// address and removes the spool. Atomic: the blob is either absent or complete and
+    /// durable. Publishing an existing digest just drops the spool (same bytes).
+    async fn publish(&self, spool: &Spool, id: &str, digest: &Digest, size: u64) -> io::Result<()>;
 
     /// Stores a small object (a manifest) at its content address, durably and atomically.
     async fn put_bytes(&self, digest: &Digest, data: Bytes) -> io::Result<()>;
-
-    /// Removes an upload spool; missing spools are not an error.
-    async fn delete_upload(&self, id: &str) -> io::Result<()>;
 
     /// Size of a stored blob, if present.
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
 
     /// Streams a blob, or a range of it.
     async fn read(&self, digest: &Digest, range: Option<ByteRange>) -> io::Result<ByteStream>;
+}
+
+/// Where a blob lives, relative to the store's root: registry:2's layout, so an existing
+/// registry:2 store can be adopted in place.
+pub fn blob_key(digest: &Digest) -> String {
+    let hex = digest.hex();
+    format!("docker/registry/v2/blobs/{}/{}/{hex}/data", digest.algorithm().name(), &hex[..2])
+}
+
+/// The behaviour every backend must show, run against each of them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::Algorithm;
+    use futures_util::StreamExt;
+
+    fn body(parts: Vec<&'static [u8]>) -> ByteStream {
+        futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
+    }
+
+    async fn collect(s: ByteStream) -> Vec<u8> {
+        s.fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b.unwrap());
+            acc
+        })
+        .await
+    }
+
+    pub(crate) async fn conformance(store: &dyn BlobStore, spool: &Spool, spool_dir: &std::path::Path) {
+        // Chunked append, resumable hash state, publish, reads with and without a range.
+        spool.create("u1").await.unwrap();
+        let a =
+            spool.append("u1", 0, Hasher::new(Algorithm::Sha256), body(vec![b"hello ", b"wor"]), None).await.unwrap();
+        assert_eq!(a.offset, 9);
+        let a = spool.append("u1", 9, a.hasher, body(vec![b"ld"]), Some(2)).await.unwrap();
+        let digest = a.hasher.finish();
+        assert_eq!(digest, Digest::of(Algorithm::Sha256, b"hello world"));
+        assert_eq!(spool.rehash("u1", 11, Algorithm::Sha256).await.unwrap().finish(), digest);
+        assert_eq!(store.stat(&digest).await.unwrap(), None);
+        store.publish(spool, "u1", &digest, 11).await.unwrap();
+        assert_eq!(store.stat(&digest).await.unwrap(), Some(11));
+        assert!(!spool_dir.join("u1").exists(), "published spools are removed");
+        let part = store.read(&digest, Some(ByteRange { start: 6, end: 9 })).await.unwrap();
+        assert_eq!(collect(part).await, b"worl");
+        assert_eq!(collect(store.read(&digest, None).await.unwrap()).await, b"hello world");
+
+        // A failed or over-long chunk leaves the spool as it was.
+        spool.create("u2").await.unwrap();
+        let a = spool.append("u2", 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
+        let broken: ByteStream = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"def")),
+            Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client went away")),
+        ])
+        .boxed();
+        let err = spool.append("u2", 3, a.hasher.clone(), broken, None).await.err().unwrap();
+        assert!(matches!(err, AppendError::Body(_)));
+        let too_long = spool.append("u2", 3, a.hasher, body(vec![b"defg"]), Some(3)).await.err().unwrap();
+        assert!(matches!(too_long, AppendError::TooLong));
+        assert_eq!(std::fs::read(spool_dir.join("u2")).unwrap(), b"abc");
+
+        // Publishing cuts unacknowledged leftovers; publishing a known digest is a no-op.
+        std::fs::write(spool_dir.join("u2"), b"abcLEFTOVER").unwrap();
+        let abc = Digest::of(Algorithm::Sha256, b"abc");
+        store.publish(spool, "u2", &abc, 3).await.unwrap();
+        assert_eq!(collect(store.read(&abc, None).await.unwrap()).await, b"abc");
+        spool.create("u3").await.unwrap();
+        spool.append("u3", 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
+        store.publish(spool, "u3", &abc, 3).await.unwrap();
+        assert_eq!(store.stat(&abc).await.unwrap(), Some(3));
+
+        // Small objects and deletion of spools.
+        let m = Digest::of(Algorithm::Sha256, b"{}");
+        store.put_bytes(&m, Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!(collect(store.read(&m, None).await.unwrap()).await, b"{}");
+        spool.create("u4").await.unwrap();
+        spool.delete("u4").await.unwrap();
+        spool.delete("u4").await.unwrap();
+        assert!(!spool_dir.join("u4").exists());
+    }
 }
