@@ -90,6 +90,7 @@ class RegistryServer:
         self.log_path = os.path.join(workdir, f"{kind}.log")
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.extra_env: dict = {}
 
     @property
     def host(self) -> str:
@@ -123,6 +124,7 @@ class RegistryServer:
             "REGISTRY_STORAGE_DELETE_ENABLED": "true",
             "REGISTRY_LOG_LEVEL": "info",
         })
+        env.update(self.extra_env)
         if self.kind == "distribution":
             # A fixed secret keeps Distribution's upload state tokens valid across restarts.
             env["REGISTRY_HTTP_SECRET"] = "berth-e2e-secret"
