@@ -2,7 +2,7 @@
 """Berth vs Distribution benchmark driver. Started by bench/run.sh, which owns the
 work directory and kills every PID listed in WORK/pids at exit.
 
-Clients: curl (blob push/pull), wrk (GET rates), ab (HEAD rate), skopeo (image
+Clients: http.client + sendfile (blob pushes), curl (pulls), wrk (GET rates), ab (HEAD rate), skopeo (image
 round trip), Python threads with keep-alive http.client (bulk tag/repo creation,
 100 concurrent pushes whose throughput is not reported).
 """
@@ -535,40 +535,55 @@ class Bench:
         os.unlink(f)
         log("limits (MB/s):", json.dumps({k: round(v) for k, v in self.limits.items()}))
 
-    # -- blob push/pull with curl
-    def curl_push_mono(self, s, repo, path, digest, size):
-        loc = start_upload(Conn(s.port), repo)
-        url = s.url(with_param(loc, "digest", digest))
-        out = run(["curl", "-sS", "-X", "PUT", "-T", path, "-H", "Expect:",
-                   "-H", "Content-Type: application/octet-stream",
-                   "-D", "-", "-o", "/dev/null", "-w", "\n%{http_code}", url], timeout=1800)
-        code = out.strip().splitlines()[-1]
-        if code != "201":
-            raise StepFailed(f"PUT {url} (monolithic, {size} bytes) -> {code}\n{out.strip()[:1500]}")
-        m = re.search(r"(?im)^docker-content-digest:\s*(\S+)", out)
-        if m and m.group(1) != digest:
-            raise StepFailed(f"PUT {url} -> Docker-Content-Digest {m.group(1)}, expected {digest}")
+    # -- blob pushes: one keep-alive connection, bodies sent from the page cache with
+    # sendfile(2) so that the client is not what is measured; the same code for both
+    # servers and for monolithic and chunked pushes, as docker and containerd push.
+    @staticmethod
+    def send_file(conn, method, path, fpath, headers):
+        n = os.path.getsize(fpath)
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in {"Content-Type": "application/octet-stream", "Content-Length": str(n), **headers}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        with open(fpath, "rb") as f:
+            conn.sock.sendfile(f)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
-    def curl_push_chunked(self, s, repo, chunks, digest, size):
-        loc = start_upload(Conn(s.port), repo)
-        for cpath, off in chunks:
-            n = os.path.getsize(cpath)
-            url = s.url(loc)
-            out = run(["curl", "-sS", "-X", "PATCH", "-T", cpath, "-H", "Expect:",
-                       "-H", "Content-Type: application/octet-stream",
-                       "-H", f"Content-Range: {off}-{off + n - 1}",
-                       "-D", "-", "-o", "/dev/null", "-w", "\n%{http_code}", url], timeout=600)
-            code = out.strip().splitlines()[-1]
-            if code != "202":
-                raise StepFailed(f"PATCH {url} Content-Range {off}-{off + n - 1} -> {code}\n{out.strip()[:1500]}")
-            m = re.search(r"(?im)^location:\s*(\S+)", out)
-            if not m:
-                raise StepFailed(f"PATCH {url} -> 202 without Location\n{out.strip()[:1500]}")
-            loc = loc_path(m.group(1))
-        path = with_param(loc, "digest", digest)
-        st, h, b = req(s.port, "PUT", path, b"", {"Content-Length": "0"})
-        if st != 201:
-            raise StepFailed("chunked upload close: " + desc("PUT", path, st, h, b))
+    def push_file(self, s, repo, path, digest, size, chunks=None):
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=1800)
+        try:
+            conn.request("POST", f"/v2/{repo}/blobs/uploads/", body=b"", headers={"Content-Length": "0"})
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 202:
+                raise StepFailed(desc("POST", f"/v2/{repo}/blobs/uploads/", r.status, dict(r.getheaders()), body))
+            loc = loc_path(r.getheader("Location"))
+            for cpath, off in chunks or []:
+                n = os.path.getsize(cpath)
+                st, h, b = self.send_file(conn, "PATCH", loc, cpath, {"Content-Range": f"{off}-{off + n - 1}"})
+                if st != 202 or "location" not in h:
+                    raise StepFailed(desc("PATCH", loc, st, h, b))
+                loc = loc_path(h["location"])
+            put = with_param(loc, "digest", digest)
+            if chunks:
+                conn.request("PUT", put, body=b"", headers={"Content-Length": "0"})
+                r = conn.getresponse()
+                st, h, b = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+            else:
+                st, h, b = self.send_file(conn, "PUT", put, path, {})
+            if st != 201:
+                raise StepFailed(f"push of {size} bytes: " + desc("PUT", put, st, h, b))
+            if h.get("docker-content-digest", digest) != digest:
+                raise StepFailed(f"PUT {put} -> Docker-Content-Digest {h['docker-content-digest']}, expected {digest}")
+        finally:
+            conn.close()
+
+    def push_mono(self, s, repo, path, digest, size):
+        self.push_file(s, repo, path, digest, size)
+
+    def push_chunked(self, s, repo, chunks, digest, size):
+        self.push_file(s, repo, None, digest, size, chunks)
 
     def curl_pull(self, s, repo, digest, size, verify=False):
         url = s.url(f"/v2/{repo}/blobs/{digest}")
@@ -600,17 +615,17 @@ class Bench:
 
         def push_mono(s, r):
             t0 = time.monotonic()
-            self.curl_push_mono(s, "bench/big", big, self.big_digest, c["big"])
+            self.push_mono(s, "bench/big", big, self.big_digest, c["big"])
             self.record(f_mono, s.slot, c["big"] / (time.monotonic() - t0) / 1e6)
 
         def push_chunked(s, r):
             t0 = time.monotonic()
-            self.curl_push_chunked(s, "bench/big", self.big_chunks, self.big_digest, c["big"])
+            self.push_chunked(s, "bench/big", self.big_chunks, self.big_digest, c["big"])
             self.record(f_chunk, s.slot, c["big"] / (time.monotonic() - t0) / 1e6)
 
         def verify_pull(s, r):
             self.curl_pull(s, "bench/big", self.big_digest, c["big"], verify=True)
-            self.curl_push_mono(s, "bench/mid", mid, self.mid_digest, c["conc_blob"])
+            self.push_mono(s, "bench/mid", mid, self.mid_digest, c["conc_blob"])
             self.curl_pull(s, "bench/mid", self.mid_digest, c["conc_blob"], verify=True)
             st, h, b = req(s.port, "HEAD", f"/v2/bench/big/blobs/{self.big_digest}")
             if st != 200 or h.get("content-length") != str(c["big"]):
@@ -772,9 +787,9 @@ class Bench:
                 try:
                     s.start(dirs[s.slot])
                     if chunked:
-                        self.curl_push_chunked(s, "bench/big", self.big_chunks, self.big_digest, c["big"])
+                        self.push_chunked(s, "bench/big", self.big_chunks, self.big_digest, c["big"])
                     else:
-                        self.curl_push_mono(s, "bench/big", os.path.join(self.data, "big.bin"),
+                        self.push_mono(s, "bench/big", os.path.join(self.data, "big.bin"),
                                             self.big_digest, c["big"])
                     self.record(fig, s.slot, s.status_kib("VmHWM") / 1024)
                 except Exception as e:  # noqa: BLE001
@@ -1028,8 +1043,10 @@ def report(b, command, smoke, elapsed):
         "",
         *[f"[{i + 1}] {n}" for i, n in enumerate(notes)],
         *([""] if notes else []),
-        "Clients: curl (blob push/pull; `Expect:` disabled, body from a file in the page cache, digest "
-        "precomputed), wrk -t2 with `bench/wrk-report.lua` (GETs, OCI+Docker `Accept`), `ab -i -k` (HEAD), "
+        "Clients: blob pushes over one keep-alive http.client connection per push, each body sent "
+        "from a file in the page cache with sendfile(2), digest precomputed (monolithic: POST then one "
+        "PUT with the body; chunked: PATCH per 16 MiB chunk with Content-Range, then PUT); curl for "
+        "pulls; wrk -t2 with `bench/wrk-report.lua` (GETs, OCI+Docker `Accept`), `ab -i -k` (HEAD), "
         "skopeo (image round trip, a fresh 5-layer OCI layout per round), Python threads with keep-alive "
         "http.client (tag/repo creation and the concurrent pushes used only for peak RSS). RSS is VmRSS/VmHWM "
         "from /proc/PID/status; each peak figure uses a freshly started server.",

@@ -116,7 +116,7 @@ impl Spool {
 }
 
 /// How much is written before the kernel is asked to start writing it back.
-const WRITEBACK_WINDOW: u64 = 8 * 1024 * 1024;
+const WRITEBACK_WINDOW: u64 = 2 * 1024 * 1024;
 
 /// The disk side of an append: hashes and writes batches as they arrive, then syncs.
 /// Runs on a blocking thread so hashing overlaps with receiving the next bytes.
