@@ -1,17 +1,15 @@
 //! Assembly of a Berth server from its configuration: stores, registry service, HTTP
 //! edge, background tasks, and the process lifecycle.
 
-pub mod config;
-
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
-use berth_http::EdgeOptions;
+pub use berth_config as config;
+use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::MetadataStore;
-use berth_registry::{Registry, Settings};
+use berth_registry::{Reconciled, Registry, Settings};
 use berth_storage::{FsBlobStore, Spool};
-use config::Config;
+use config::{Config, UploadPurging};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The registry service and its HTTP router, built from a configuration.
 pub struct App {
@@ -25,10 +23,16 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let spool = Spool::open(&FsBlobStore::spool_dir(&root)).context("opening the upload spool")?;
     let url = config.database_url();
     let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
+    let uploads = &config.berth.uploads;
     let settings = Settings {
         delete_enabled: config.storage.delete.enabled,
         max_manifest_size: config.berth.manifests.maxsize.unwrap_or(Settings::default().max_manifest_size),
         upload_idle_timeout: config.storage.maintenance.uploadpurging.age,
+        read_only: config.storage.maintenance.readonly.enabled,
+        max_blob_size: config.berth.blobs.maxsize,
+        max_sessions_per_repository: uploads.maxsessionsperrepository,
+        max_sessions: uploads.maxsessions,
+        orphan_grace: uploads.orphangrace,
     };
     let registry = Arc::new(Registry::new(Arc::new(blobs), spool, meta, settings));
     let router = berth_http::router(registry.clone(), edge_options(config)?);
@@ -49,6 +53,18 @@ fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
     Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers, body_timeout: config.berth.http.bodytimeout })
 }
 
+/// The listener's limits from `berth.http`.
+pub fn server_limits(config: &Config) -> ServerLimits {
+    let h = &config.berth.http;
+    ServerLimits {
+        max_connections: h.maxconnections.max(1),
+        header_timeout: h.headertimeout,
+        idle_timeout: h.idletimeout,
+        send_timeout: h.sendtimeout,
+        max_header_bytes: h.maxheaderbytes,
+    }
+}
+
 /// Runs the server until SIGTERM or Ctrl-C, then lets in-flight requests finish.
 pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Result<()> {
     let addr = config.addr()?;
@@ -60,21 +76,31 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
         );
     }
     let app = build(&config).await?;
-    let purging = &config.storage.maintenance.uploadpurging;
-    if purging.enabled && !purging.dryrun {
-        tokio::spawn(purge_uploads(app.registry.clone(), purging.interval));
+    if config.storage.maintenance.readonly.enabled {
+        tracing::warn!("read-only mode (storage.maintenance.readonly): every write is refused");
     }
+    tokio::spawn(maintain_uploads(app.registry.clone(), config.storage.maintenance.uploadpurging.clone()));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
-    axum::serve(listener, app.router).with_graceful_shutdown(shutdown_signal()).await?;
+    berth_http::serve(listener, app.router, server_limits(&config), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn purge_uploads(registry: Arc<Registry>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
+/// Reconciles crash leftovers at start-up and then every purge interval, and purges
+/// idle upload sessions when purging is enabled.
+async fn maintain_uploads(registry: Arc<Registry>, purging: UploadPurging) {
+    let mut ticks = tokio::time::interval(purging.interval);
     loop {
         ticks.tick().await;
+        match registry.reconcile_uploads().await {
+            Ok(r) if r == Reconciled::default() => {}
+            Ok(r) => tracing::info!(spools = r.spools, sessions = r.sessions, "removed upload leftovers of a crash"),
+            Err(e) => tracing::warn!(error = %e.message, "reconciling upload sessions failed"),
+        }
+        if !purging.enabled || purging.dryrun {
+            continue;
+        }
         match registry.purge_idle_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "purged idle upload sessions"),

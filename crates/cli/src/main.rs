@@ -50,10 +50,12 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if config.json_logs()? {
-        builder.json().flatten_event(true).init();
+        // The request span's fields (its request id) go on every line logged inside it.
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
         builder.init();
     }
+    berth_http::log_panics();
     Ok(())
 }
 
@@ -64,6 +66,9 @@ fn main() -> anyhow::Result<()> {
             init_logging(&config)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                // Blocking work is one short disk operation at a time (a read, a batch, a
+                // sync); more threads than this only add memory.
+                .max_blocking_threads(128)
                 .build()?
                 .block_on(berth::serve(config, allow_unauthenticated))
         }

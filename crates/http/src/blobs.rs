@@ -6,10 +6,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use berth_storage::ByteRange;
+use berth_proto::{Digest, RepositoryName};
 
-pub(crate) async fn get(app: &App, name: &str, digest: &str, req: Request) -> Result<Response, ApiError> {
-    let (repo, digest) = (request::name(name)?, request::digest(digest)?);
+pub(crate) async fn get(app: &App, repo: RepositoryName, digest: Digest, req: Request) -> Result<Response, ApiError> {
     let size = app.registry.blob_size(&repo, &digest).await?;
     let range = match request::byte_range(req.headers(), size) {
         Ok(r) => r,
@@ -19,11 +18,10 @@ pub(crate) async fn get(app: &App, name: &str, digest: &str, req: Request) -> Re
             return Ok(resp);
         }
     };
-    let len = range.map_or(size, |(s, e)| e - s + 1);
+    let len = range.map_or(size, |r| r.length());
     let body = if req.method() == Method::HEAD {
         Body::empty()
     } else {
-        let range = range.map(|(start, end)| ByteRange { start, end });
         Body::from_stream(app.registry.read_blob(&repo, &digest, range).await?)
     };
     let mut resp = Response::new(body);
@@ -35,15 +33,14 @@ pub(crate) async fn get(app: &App, name: &str, digest: &str, req: Request) -> Re
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Content-addressed: the bytes behind a digest never change.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
-    if let Some((start, end)) = range {
-        h.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{size}")));
+    if let Some(r) = range {
+        h.insert(header::CONTENT_RANGE, header_value(&format!("bytes {}-{}/{size}", r.start, r.end)));
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(resp)
 }
 
-pub(crate) async fn delete(app: &App, name: &str, digest: &str) -> Result<Response, ApiError> {
-    let (repo, digest) = (request::name(name)?, request::digest(digest)?);
+pub(crate) async fn delete(app: &App, repo: RepositoryName, digest: Digest) -> Result<Response, ApiError> {
     app.registry.delete_blob(&repo, &digest).await?;
     Ok(crate::empty_response(StatusCode::ACCEPTED))
 }

@@ -5,11 +5,15 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Router;
+use berth_proto::ErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
 
 /// Options of the HTTP edge, from the `http` section of the configuration.
 #[derive(Debug, Clone)]
@@ -25,20 +29,47 @@ pub struct EdgeOptions {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
+/// Layers, outermost first: request id, the request's span and access log, panic
+/// recovery, then the router.
 pub(crate) fn wrap(router: Router, options: Arc<EdgeOptions>) -> Router {
     router
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(move |req, next| access_log(options.clone(), req, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-/// One log line per request, with the request id clients and proxies can quote.
+/// A handler that panicked: the spec's error JSON with a 500. The panic itself is
+/// logged by the hook [`log_panics`] installs, inside the request's span.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let mut resp = crate::error::ApiError::new(ErrorCode::Internal, ErrorCode::Internal.message()).into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Routes panics to the log, with the span (and so the request id) they happened in.
+/// Where no subscriber is set (unit tests), the previous hook still prints them.
+pub fn log_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if tracing::dispatcher::has_been_set() {
+            let backtrace = std::backtrace::Backtrace::capture();
+            tracing::error!(panic = %info, %backtrace, "panicked");
+        } else {
+            previous(info);
+        }
+    }));
+}
+
+/// One log line per request, with the request id clients and proxies can quote, and a
+/// span around the request so that every line logged while serving it carries the id.
 async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut resp = next.run(req).instrument(span).await;
     let headers = resp.headers_mut();
     headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     for (name, value) in &options.headers {

@@ -10,19 +10,21 @@ mod error;
 mod manifests;
 mod request;
 mod route;
+mod server;
 mod uploads;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use berth_registry::Registry;
 use error::ApiError;
-use route::Route;
+use route::Action;
 use std::sync::Arc;
 
-pub use edge::EdgeOptions;
+pub use edge::{log_panics, EdgeOptions};
+pub use server::{serve, ServerLimits};
 
 #[derive(Clone)]
 struct App {
@@ -30,43 +32,37 @@ struct App {
     options: Arc<EdgeOptions>,
 }
 
-/// The full router, with request ids, access logging and the API version header.
+/// The full router, with request ids, a span per request, panic recovery, access
+/// logging and the API version header.
 pub fn router(registry: Arc<Registry>, options: EdgeOptions) -> Router {
     let app = App { registry, options: Arc::new(options) };
     edge::wrap(Router::new().fallback(dispatch).with_state(app.clone()), app.options)
 }
 
 async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
-    let path = req.uri().path().to_owned();
-    let result = match Route::parse(&path) {
-        Some(route) => handle(&app, route, req).await,
-        None => Err(ApiError::not_found()),
+    let result = match Action::parse(req.method(), req.uri()) {
+        Ok(action) => handle(&app, action, req).await,
+        Err(e) => Err(e),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn handle(app: &App, route: Route<'_>, req: Request<Body>) -> Result<Response, ApiError> {
-    let method = req.method().clone();
-    match (route, method) {
-        (Route::Base, Method::GET | Method::HEAD) => {
-            Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec()))
-        }
-        (Route::Catalog, Method::GET) => manifests::catalog(app, req).await,
-        (Route::Tags(name), Method::GET) => manifests::tags(app, name, req).await,
-        (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
-            manifests::get(app, name, reference, req).await
-        }
-        (Route::Manifest(name, reference), Method::PUT) => manifests::put(app, name, reference, req).await,
-        (Route::Manifest(name, reference), Method::DELETE) => manifests::delete(app, name, reference).await,
-        (Route::Referrers(name, digest), Method::GET) => manifests::referrers(app, name, digest, req).await,
-        (Route::Blob(name, digest), Method::GET | Method::HEAD) => blobs::get(app, name, digest, req).await,
-        (Route::Blob(name, digest), Method::DELETE) => blobs::delete(app, name, digest).await,
-        (Route::Uploads(name), Method::POST) => uploads::start(app, name, req).await,
-        (Route::Upload(name, id), Method::GET) => uploads::status(app, name, id, req).await,
-        (Route::Upload(name, id), Method::PATCH) => uploads::patch(app, name, id, req).await,
-        (Route::Upload(name, id), Method::PUT) => uploads::put(app, name, id, req).await,
-        (Route::Upload(name, id), Method::DELETE) => uploads::cancel(app, name, id).await,
-        _ => Err(ApiError::method_not_allowed()),
+async fn handle(app: &App, action: Action, req: Request<Body>) -> Result<Response, ApiError> {
+    match action {
+        Action::Base => Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec())),
+        Action::Catalog(q) => manifests::catalog(app, q).await,
+        Action::ListTags(repo, q) => manifests::tags(app, repo, q).await,
+        Action::GetManifest(repo, reference) => manifests::get(app, repo, reference, req).await,
+        Action::PutManifest(repo, reference) => manifests::put(app, repo, reference, req).await,
+        Action::DeleteManifest(repo, reference) => manifests::delete(app, repo, reference).await,
+        Action::Referrers(repo, digest, artifact_type) => manifests::referrers(app, repo, digest, artifact_type).await,
+        Action::GetBlob(repo, digest) => blobs::get(app, repo, digest, req).await,
+        Action::DeleteBlob(repo, digest) => blobs::delete(app, repo, digest).await,
+        Action::StartUpload(repo, start) => uploads::start(app, repo, start, req).await,
+        Action::UploadStatus(repo, id) => uploads::status(app, repo, &id, req).await,
+        Action::UploadChunk(repo, id) => uploads::patch(app, repo, &id, req).await,
+        Action::FinishUpload(repo, id, digest) => uploads::put(app, repo, &id, digest, req).await,
+        Action::CancelUpload(repo, id) => uploads::cancel(app, repo, &id).await,
     }
 }
 

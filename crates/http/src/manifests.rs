@@ -7,15 +7,19 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use berth_proto::{media, ErrorCode};
+use berth_proto::{media, Digest, ErrorCode, ListQuery, Reference, RepositoryName};
 use berth_registry::Page;
 use serde_json::json;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
-pub(crate) async fn get(app: &App, name: &str, reference: &str, req: Request) -> Result<Response, ApiError> {
-    let (repo, reference) = (request::name(name)?, request::reference(reference)?);
+pub(crate) async fn get(
+    app: &App,
+    repo: RepositoryName,
+    reference: Reference,
+    req: Request,
+) -> Result<Response, ApiError> {
     let m = app.registry.get_manifest(&repo, &reference).await?;
     let accept = req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
     if !media::accept_admits(accept, &m.media_type) {
@@ -35,8 +39,12 @@ pub(crate) async fn get(app: &App, name: &str, reference: &str, req: Request) ->
     Ok(resp)
 }
 
-pub(crate) async fn put(app: &App, name: &str, reference: &str, req: Request) -> Result<Response, ApiError> {
-    let (repo, reference) = (request::name(name)?, request::reference(reference)?);
+pub(crate) async fn put(
+    app: &App,
+    repo: RepositoryName,
+    reference: Reference,
+    req: Request,
+) -> Result<Response, ApiError> {
     let max = app.registry.settings().max_manifest_size;
     let too_large = || ApiError::new(ErrorCode::TooLarge, format!("manifest exceeds the limit of {max} bytes"));
     if request::content_length(req.headers())?.is_some_and(|n| n > max as u64) {
@@ -64,8 +72,7 @@ pub(crate) async fn put(app: &App, name: &str, reference: &str, req: Request) ->
     Ok(resp)
 }
 
-pub(crate) async fn delete(app: &App, name: &str, reference: &str) -> Result<Response, ApiError> {
-    let (repo, reference) = (request::name(name)?, request::reference(reference)?);
+pub(crate) async fn delete(app: &App, repo: RepositoryName, reference: Reference) -> Result<Response, ApiError> {
     app.registry.delete_manifest(&repo, &reference).await?;
     Ok(empty_response(StatusCode::ACCEPTED))
 }
@@ -79,30 +86,29 @@ fn page_response(body: serde_json::Value, page: &Page, next: impl FnOnce(&str) -
     resp
 }
 
-pub(crate) async fn tags(app: &App, name: &str, req: Request) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
-    let q = request::query(req.uri());
-    let n = request::page_size(&q)?;
-    let page = app.registry.tags(&repo, q.get("last").map(String::as_str), n).await?;
+pub(crate) async fn tags(app: &App, repo: RepositoryName, q: ListQuery) -> Result<Response, ApiError> {
+    let n = q.n;
+    let page = app.registry.tags(&repo, q.last.as_deref(), n).await?;
     let body = json!({ "name": repo.as_str(), "tags": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
     Ok(page_response(body, &page, |last| format!("/v2/{repo}/tags/list?n={n}&last={last}")))
 }
 
-pub(crate) async fn catalog(app: &App, req: Request) -> Result<Response, ApiError> {
-    let q = request::query(req.uri());
-    let n = request::page_size(&q)?;
-    let page = app.registry.catalog(q.get("last").map(String::as_str), n).await?;
+pub(crate) async fn catalog(app: &App, q: ListQuery) -> Result<Response, ApiError> {
+    let n = q.n;
+    let page = app.registry.catalog(q.last.as_deref(), n).await?;
     let body = json!({ "repositories": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
     Ok(page_response(body, &page, |last| format!("/v2/_catalog?n={n}&last={last}")))
 }
 
-pub(crate) async fn referrers(app: &App, name: &str, digest: &str, req: Request) -> Result<Response, ApiError> {
-    let (repo, digest) = (request::name(name)?, request::digest(digest)?);
-    let q = request::query(req.uri());
-    let artifact_type = q.get("artifactType").map(String::as_str);
-    let referrers = app.registry.referrers(&repo, &digest, artifact_type).await?;
+pub(crate) async fn referrers(
+    app: &App,
+    repo: RepositoryName,
+    digest: Digest,
+    artifact_type: Option<String>,
+) -> Result<Response, ApiError> {
+    let referrers = app.registry.referrers(&repo, &digest, artifact_type.as_deref()).await?;
     let mut resp = Response::new(Body::from(referrers.body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));

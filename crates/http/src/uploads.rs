@@ -1,11 +1,12 @@
 //! Blob uploads: `POST`, `PATCH`, `PUT`, `GET` and `DELETE` on `/v2/<name>/blobs/uploads/`.
 
 use crate::error::ApiError;
+use crate::route::UploadStart;
 use crate::{edge, empty_response, header_value, request, App, DOCKER_CONTENT_DIGEST};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::Response;
-use berth_proto::{Digest, ErrorCode, RepositoryName};
+use berth_proto::{Digest, RepositoryName};
 use berth_registry::UploadState;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -38,49 +39,52 @@ fn created_response(app: &App, headers: &HeaderMap, repo: &RepositoryName, diges
     resp
 }
 
-pub(crate) async fn start(app: &App, name: &str, req: Request) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
-    let q = request::query(req.uri());
-    if let Some(mount) = q.get("mount") {
-        let digest = request::digest(mount)?;
-        let from = q.get("from").map(|f| request::name(f)).transpose()?;
-        if app.registry.mount_blob(&repo, &digest, from.as_ref()).await? {
-            return Ok(created_response(app, req.headers(), &repo, &digest));
+pub(crate) async fn start(
+    app: &App,
+    repo: RepositoryName,
+    start: UploadStart,
+    req: Request,
+) -> Result<Response, ApiError> {
+    match start {
+        UploadStart::Mount(digest, from) => {
+            if app.registry.mount_blob(&repo, &digest, from.as_ref()).await? {
+                return Ok(created_response(app, req.headers(), &repo, &digest));
+            }
         }
-    } else if let Some(digest) = q.get("digest") {
-        let digest = request::digest(digest)?;
-        let len = request::content_length(req.headers())?;
-        let (parts, body) = req.into_parts();
-        app.registry.upload_blob(&repo, &digest, len, request::body_stream(body, app.options.body_timeout)).await?;
-        return Ok(created_response(app, &parts.headers, &repo, &digest));
+        UploadStart::Monolithic(digest) => {
+            let len = request::content_length(req.headers())?;
+            let (parts, body) = req.into_parts();
+            let body = request::body_stream(body, app.options.body_timeout);
+            app.registry.upload_blob(&repo, &digest, len, body).await?;
+            return Ok(created_response(app, &parts.headers, &repo, &digest));
+        }
+        UploadStart::Session => {}
     }
     let session = app.registry.start_upload(&repo).await?;
     Ok(session_response(app, req.headers(), &repo, &session, StatusCode::ACCEPTED))
 }
 
-pub(crate) async fn status(app: &App, name: &str, id: &str, req: Request) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
+pub(crate) async fn status(app: &App, repo: RepositoryName, id: &str, req: Request) -> Result<Response, ApiError> {
     let session = app.registry.upload_status(&repo, id).await?;
     Ok(session_response(app, req.headers(), &repo, &session, StatusCode::NO_CONTENT))
 }
 
-pub(crate) async fn patch(app: &App, name: &str, id: &str, req: Request) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
+pub(crate) async fn patch(app: &App, repo: RepositoryName, id: &str, req: Request) -> Result<Response, ApiError> {
     let range = request::chunk_range(req.headers())?;
     let len = request::content_length(req.headers())?;
     let (parts, body) = req.into_parts();
-    let session =
-        app.registry.append_chunk(&repo, id, range, len, request::body_stream(body, app.options.body_timeout)).await?;
+    let body = request::body_stream(body, app.options.body_timeout);
+    let session = app.registry.append_chunk(&repo, id, range, len, body).await?;
     Ok(session_response(app, &parts.headers, &repo, &session, StatusCode::ACCEPTED))
 }
 
-pub(crate) async fn put(app: &App, name: &str, id: &str, req: Request) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
-    let q = request::query(req.uri());
-    let digest = q
-        .get("digest")
-        .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the digest query parameter is required"))?;
-    let digest = request::digest(digest)?;
+pub(crate) async fn put(
+    app: &App,
+    repo: RepositoryName,
+    id: &str,
+    digest: Digest,
+    req: Request,
+) -> Result<Response, ApiError> {
     let len = request::content_length(req.headers())?;
     let has_body = request::has_body(req.headers())?;
     let (parts, body) = req.into_parts();
@@ -89,8 +93,7 @@ pub(crate) async fn put(app: &App, name: &str, id: &str, req: Request) -> Result
     Ok(created_response(app, &parts.headers, &repo, &digest))
 }
 
-pub(crate) async fn cancel(app: &App, name: &str, id: &str) -> Result<Response, ApiError> {
-    let repo = request::name(name)?;
+pub(crate) async fn cancel(app: &App, repo: RepositoryName, id: &str) -> Result<Response, ApiError> {
     app.registry.cancel_upload(&repo, id).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }

@@ -1,19 +1,107 @@
 use berth_proto::Digest;
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyConnection;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A write transaction, holding the writer lock (SQLite) until it ends.
+struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await
+    }
+}
+
+/// Pool options shared by every pool; `synchronous` is fixed for each connection's life.
+fn pool(sqlite: bool, synchronous: &'static str) -> AnyPoolOptions {
+    AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30)).after_connect(move |conn, _| {
+        Box::pin(async move {
+            if sqlite {
+                // WAL lets readers run beside the writer; FULL makes each commit durable
+                // before the client hears 201.
+                conn.execute(
+                    format!(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+                    )
+                    .as_str(),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The file of a `sqlite://path[?options]` URL.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
 
 pub use sqlx::Error;
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The metadata store. SQLite allows one writer at a time, so writes go through a pool
-/// of one connection (queued in-process instead of failing with SQLITE_BUSY) while reads
-/// use a pool of many; on a server engine both pools are ordinary pools.
+/// The metadata store.
+///
+/// SQLite allows one writer at a time, so every write first takes `writer` (queued
+/// in-process instead of failing with SQLITE_BUSY), then a connection of its durability
+/// class: `write` commits with `synchronous=FULL`, `offsets` (upload offsets only) with
+/// `synchronous=NORMAL`. Each connection keeps the level it was opened with for its whole
+/// life, so no cancelled request can leave a connection at the wrong level. Reads use a
+/// pool of their own. On a server engine the pools are ordinary pools and the offset
+/// commit lowers its durability with `SET LOCAL`, which ends with its transaction.
 #[derive(Clone)]
 pub struct MetadataStore {
     read: AnyPool,
     write: AnyPool,
+    offsets: AnyPool,
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
     sqlite: bool,
+    /// Held while the store is open: the SQLite database belongs to this process alone.
+    _lock: Option<Arc<DatabaseLock>>,
+}
+
+/// An exclusive `flock` on `<database>.lock`. Read caches are exact only because this
+/// process sees every write; a second process on the same SQLite file would break that,
+/// so it is refused at start-up.
+struct DatabaseLock {
+    _file: std::fs::File,
+}
+
+impl DatabaseLock {
+    fn acquire(db_path: &Path) -> Result<DatabaseLock> {
+        use std::os::fd::AsRawFd;
+        let path = db_path.with_extension("db.lock");
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(Error::Io)?;
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(Error::Io)?;
+        // SAFETY: flock on a descriptor we own; it is released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Configuration(
+                format!(
+                    "{} is in use by another process: one Berth process owns a SQLite database \
+                     (run several instances on PostgreSQL)",
+                    db_path.display()
+                )
+                .into(),
+            ));
+        }
+        Ok(DatabaseLock { _file: file })
+    }
 }
 
 /// A manifest row as it is stored.
@@ -79,42 +167,46 @@ impl MetadataStore {
     pub async fn open(url: &str) -> Result<MetadataStore> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let options = || {
-            AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30)).after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the writer; FULL makes each commit
-                        // durable before the client hears 201.
-                        conn.execute(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                                 PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
+        let lock = match sqlite_path(url) {
+            Some(path) => Some(Arc::new(DatabaseLock::acquire(&path)?)),
+            None => None,
         };
         let url = if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
-        let write = options().max_connections(if sqlite { 1 } else { 16 }).connect(&url).await?;
+        let write = pool(sqlite, "FULL").max_connections(if sqlite { 1 } else { 16 }).connect(&url).await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
-        let read = options().max_connections(4).min_connections(1).connect(&url).await?;
-        Ok(MetadataStore { read, write, sqlite })
+        let offsets = pool(sqlite, "NORMAL").max_connections(if sqlite { 1 } else { 4 }).connect(&url).await?;
+        let read = pool(sqlite, "FULL").max_connections(4).min_connections(1).connect(&url).await?;
+        let writer = sqlite.then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(MetadataStore { read, write, offsets, writer, sqlite, _lock: lock })
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        self.write.begin().await
+    /// Whether this process sees every write to the database (SQLite, locked by this
+    /// process): only then may it cache answers that later writes change.
+    pub fn is_exclusive(&self) -> bool {
+        self._lock.is_some()
+    }
+
+    async fn begin(&self) -> Result<WriteTx> {
+        self.begin_on(&self.write).await
+    }
+
+    async fn begin_on(&self, pool: &AnyPool) -> Result<WriteTx> {
+        let guard = match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        };
+        Ok(WriteTx { tx: pool.begin().await?, _guard: guard })
     }
 
     // ---- repositories -------------------------------------------------------------
 
-    async fn ensure_repository(tx: &mut Transaction<'static, Any>, name: &str) -> Result<i64> {
+    async fn ensure_repository(tx: &mut WriteTx, name: &str) -> Result<i64> {
         sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(now_millis())
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
-        sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(&mut **tx).await?.try_get(0)
+        sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(tx.conn()).await?.try_get(0)
     }
 
     pub async fn repository_id(&self, name: &str) -> Result<Option<i64>> {
@@ -171,16 +263,16 @@ impl MetadataStore {
             .bind(digest.as_str())
             .bind(size as i64)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         Self::link(&mut tx, repo, digest, now).await?;
         if let Some(id) = upload {
-            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(tx.conn()).await?;
         }
         tx.commit().await
     }
 
-    async fn link(tx: &mut Transaction<'static, Any>, repo: i64, digest: &Digest, now: i64) -> Result<()> {
+    async fn link(tx: &mut WriteTx, repo: i64, digest: &Digest, now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -188,7 +280,7 @@ impl MetadataStore {
         .bind(repo)
         .bind(digest.as_str())
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
         Ok(())
     }
@@ -199,7 +291,7 @@ impl MetadataStore {
         let mut tx = self.begin().await?;
         let known = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
             .bind(digest.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn())
             .await?
             .is_some();
         if known {
@@ -218,10 +310,8 @@ impl MetadataStore {
              AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository)
-        .bind(digest.as_str())
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(digest.as_str());
+        Ok(self.write_one(done).await? > 0)
     }
 
     // ---- manifests and tags -------------------------------------------------------
@@ -236,18 +326,8 @@ impl MetadataStore {
     ) -> std::result::Result<(), PutManifestError> {
         let mut tx = self.begin().await?;
         let repo = Self::ensure_repository(&mut tx, repository).await?;
-        for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
-            for target in targets.iter() {
-                let sql = if kind == BLOB {
-                    "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
-                } else {
-                    "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
-                };
-                let found = sqlx::query(sql).bind(repo).bind(target.as_str()).fetch_optional(&mut *tx).await?;
-                if found.is_none() {
-                    return Err(PutManifestError::Missing(target.to_string()));
-                }
-            }
+        if let Some(target) = first_missing(tx.conn(), repo, m).await? {
+            return Err(PutManifestError::Missing(target));
         }
         let now = now_millis();
         sqlx::query(
@@ -263,7 +343,7 @@ impl MetadataStore {
         .bind(m.content.len() as i64)
         .bind(m.content)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
             for target in targets.iter() {
@@ -275,7 +355,7 @@ impl MetadataStore {
                 .bind(m.digest.as_str())
                 .bind(target.as_str())
                 .bind(kind)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
         }
@@ -288,7 +368,7 @@ impl MetadataStore {
             .bind(tag)
             .bind(m.digest.as_str())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;
@@ -334,7 +414,7 @@ impl MetadataStore {
         let mut tx = self.begin().await?;
         let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn())
             .await?
         else {
             return Ok(false);
@@ -343,14 +423,14 @@ impl MetadataStore {
         let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
             .bind(repo)
             .bind(digest.as_str())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         for sql in [
             "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
             "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
         ] {
-            sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(&mut *tx).await?;
+            sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(tx.conn()).await?;
         }
         tx.commit().await?;
         Ok(deleted > 0)
@@ -362,10 +442,8 @@ impl MetadataStore {
             "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository)
-        .bind(tag)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .bind(tag);
+        Ok(self.write_one(done).await? > 0)
     }
 
     /// Tag names after `last` in byte order, at most `limit`.
@@ -414,15 +492,30 @@ impl MetadataStore {
 
     // ---- upload sessions ----------------------------------------------------------
 
-    pub async fn create_upload(&self, id: &str, repository: &str) -> Result<()> {
+    /// Opens an upload session unless `repository` already has `per_repository` open
+    /// sessions or the registry `total`. False when a limit is reached.
+    pub async fn create_upload(&self, id: &str, repository: &str, per_repository: u64, total: u64) -> Result<bool> {
         let now = now_millis();
-        sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
-            .bind(id)
-            .bind(repository)
-            .bind(now)
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        let q = sqlx::query(
+            "INSERT INTO uploads (id, repository, size, created_at, updated_at) \
+             SELECT $1, $2, 0, $3, $3 \
+             WHERE (SELECT count(*) FROM uploads WHERE repository = $2) < $4 \
+             AND (SELECT count(*) FROM uploads) < $5",
+        )
+        .bind(id)
+        .bind(repository)
+        .bind(now)
+        .bind(i64::try_from(per_repository).unwrap_or(i64::MAX))
+        .bind(i64::try_from(total).unwrap_or(i64::MAX));
+        Ok(self.write_one(q).await? == 1)
+    }
+
+    /// Runs one statement as its own write transaction.
+    async fn write_one<'q>(&self, q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let n = q.execute(tx.conn()).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
@@ -437,35 +530,29 @@ impl MetadataStore {
     /// gone or another request moved it first: the caller's bytes are then not part of
     /// the upload.
     ///
-    /// On SQLite this one commit skips its own fsync (`synchronous=NORMAL` in WAL mode): a
-    /// power loss can only make the recorded offset lag behind the durable spool, never
-    /// run ahead of it, and a lagging offset costs the client a restarted chunk, not data.
-    /// Every other commit stays `FULL`, and syncs this one along with it.
+    /// This one commit does not wait for its own fsync (the `offsets` connection, or
+    /// `synchronous_commit = off` for this transaction): a power loss can only make the
+    /// recorded offset lag behind the durable spool, never run ahead of it, and a lagging
+    /// offset costs the client a restarted chunk, not data. The next durable commit
+    /// syncs it along with its own.
     pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
-        let mut conn = self.write.acquire().await?;
-        if self.sqlite {
-            conn.execute("PRAGMA synchronous=NORMAL").await?;
+        let mut tx = self.begin_on(&self.offsets).await?;
+        if !self.sqlite {
+            tx.conn().execute("SET LOCAL synchronous_commit = off").await?;
         }
         let done = sqlx::query("UPDATE uploads SET size = $3, updated_at = $4 WHERE id = $1 AND size = $2")
             .bind(id)
             .bind(from as i64)
             .bind(to as i64)
             .bind(now_millis())
-            .execute(&mut *conn)
-            .await;
-        if self.sqlite {
-            if let Err(e) = conn.execute("PRAGMA synchronous=FULL").await {
-                // Never hand a connection that is not durable back to the pool.
-                conn.close_on_drop();
-                return Err(e);
-            }
-        }
-        Ok(done?.rows_affected() == 1)
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
-        Ok(done.rows_affected() > 0)
+        Ok(self.write_one(sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id)).await? > 0)
     }
 
     /// Ids of sessions idle since before `cutoff_millis`.
@@ -478,4 +565,48 @@ impl MetadataStore {
             .map(|r| r.try_get(0))
             .collect()
     }
+
+    /// Every open session with the time of its last change, for reconciling sessions
+    /// with their spools. Bounded by the session limits.
+    pub async fn uploads(&self) -> Result<Vec<(String, i64)>> {
+        sqlx::query("SELECT id, updated_at FROM uploads")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// The first blob or child manifest of `m` that the repository does not hold, if any.
+    /// A read-only check, so that a manifest that will be rejected costs no storage
+    /// write; `put_manifest` checks again inside its transaction.
+    pub async fn missing_reference(&self, repository: &str, m: &NewManifest<'_>) -> Result<Option<String>> {
+        let mut conn = self.read.acquire().await?;
+        let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repository)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(m.blobs.iter().chain(&m.children).next().map(|d| d.to_string()));
+        };
+        let repo: i64 = repo.try_get(0)?;
+        first_missing(&mut conn, repo, m).await
+    }
+}
+
+/// The first reference of `m` not held by repository `repo`.
+async fn first_missing(conn: &mut AnyConnection, repo: i64, m: &NewManifest<'_>) -> Result<Option<String>> {
+    for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
+        let sql = if kind == BLOB {
+            "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
+        } else {
+            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
+        };
+        for target in targets.iter() {
+            if sqlx::query(sql).bind(repo).bind(target.as_str()).fetch_optional(&mut *conn).await?.is_none() {
+                return Ok(Some(target.to_string()));
+            }
+        }
+    }
+    Ok(None)
 }

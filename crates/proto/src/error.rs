@@ -26,6 +26,10 @@ pub enum ErrorCode {
     RangeInvalid,
     /// A body larger than the registry accepts (manifests over the configured limit).
     TooLarge,
+    /// The storage or the database did not answer in time or is down: retry later (503).
+    Unavailable,
+    /// The storage has no room left (507).
+    StorageFull,
     /// Anything the client could not have caused; details go to the log, not the client.
     Internal,
 }
@@ -49,7 +53,8 @@ impl ErrorCode {
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
-            ErrorCode::Internal => "UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::StorageFull | ErrorCode::Internal => "UNKNOWN",
         }
     }
 
@@ -74,6 +79,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::StorageFull => 507,
         }
     }
 
@@ -98,6 +105,8 @@ impl ErrorCode {
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
+            ErrorCode::Unavailable => "service unavailable: retry later",
+            ErrorCode::StorageFull => "insufficient storage: the registry's storage is full",
             ErrorCode::Internal => "internal server error",
         }
     }

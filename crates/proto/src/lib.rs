@@ -6,11 +6,15 @@
 
 pub mod digest;
 pub mod error;
+pub mod listing;
 pub mod manifest;
 pub mod media;
+pub mod range;
 pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
+pub use listing::{decode_query, ListQuery};
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
+pub use range::ByteRange;
 pub use reference::{Reference, RepositoryName, Tag};

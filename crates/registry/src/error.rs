@@ -1,5 +1,6 @@
 use berth_proto::{Digest, ErrorCode};
 use serde_json::Value;
+use std::io;
 
 /// An error with the spec's code, a message for the client and optional detail.
 #[derive(Debug)]
@@ -30,21 +31,63 @@ impl RegistryError {
         RegistryError::new(ErrorCode::BlobUploadUnknown, ErrorCode::BlobUploadUnknown.message())
     }
 
-    fn internal(what: &str, err: &dyn std::fmt::Display) -> RegistryError {
-        // The cause goes to the log; clients learn only that it was not their fault.
-        tracing::error!(error = %err, "{what} failed");
-        RegistryError::new(ErrorCode::Internal, ErrorCode::Internal.message())
+    /// A failure of a store, told apart by what the client can do about it: wait for
+    /// room (507), retry later (503), or nothing (500, a bug or a broken store). The
+    /// cause goes to the log; the client learns only the class.
+    fn from_store(what: &str, code: ErrorCode, err: &dyn std::fmt::Display) -> RegistryError {
+        match code {
+            ErrorCode::Internal => tracing::error!(error = %err, "{what} failed"),
+            _ => tracing::warn!(error = %err, "{what} failed"),
+        }
+        RegistryError::new(code, code.message())
+    }
+
+    /// The error for an internal invariant that did not hold (never the client's fault).
+    pub(crate) fn internal(what: &str, err: &dyn std::fmt::Display) -> RegistryError {
+        RegistryError::from_store(what, ErrorCode::Internal, err)
+    }
+}
+
+fn io_class(e: &io::Error) -> ErrorCode {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::StorageFull,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// SQLite reports (extended) numeric result codes, PostgreSQL five-character SQLSTATEs.
+fn database_class(code: &str) -> ErrorCode {
+    match code {
+        // PostgreSQL: disk full; shutdown, connection failure, serialization failure.
+        "53100" => ErrorCode::StorageFull,
+        "57P01" | "57P02" | "57P03" | "08000" | "08001" | "08003" | "08006" | "40001" | "40P01" => {
+            ErrorCode::Unavailable
+        }
+        // SQLite: the primary code is the low byte. 13 = FULL, 5 = BUSY, 6 = LOCKED.
+        _ => match code.parse::<i64>().map(|c| c & 0xff) {
+            Ok(13) => ErrorCode::StorageFull,
+            Ok(5 | 6) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        },
     }
 }
 
 impl From<berth_metadata::Error> for RegistryError {
     fn from(e: berth_metadata::Error) -> Self {
-        RegistryError::internal("metadata store", &e)
+        use berth_metadata::Error as E;
+        let code = match &e {
+            E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => ErrorCode::Unavailable,
+            E::Io(io) => io_class(io),
+            E::Database(d) => database_class(d.code().as_deref().unwrap_or("")),
+            _ => ErrorCode::Internal,
+        };
+        RegistryError::from_store("metadata store", code, &e)
     }
 }
 
-impl From<std::io::Error> for RegistryError {
-    fn from(e: std::io::Error) -> Self {
-        RegistryError::internal("blob store", &e)
+impl From<io::Error> for RegistryError {
+    fn from(e: io::Error) -> Self {
+        RegistryError::from_store("blob store", io_class(&e), &e)
     }
 }

@@ -7,18 +7,21 @@
 mod cache;
 mod error;
 mod listing;
+mod maintenance;
 mod manifests;
 mod uploads;
 
 pub use cache::ManifestEntry;
 pub use error::{RegistryError, Result};
 pub use listing::Page;
+pub use maintenance::Reconciled;
 pub use manifests::{ManifestPut, Referrers};
-pub use uploads::{ChunkRange, UploadState};
+pub use uploads::UploadState;
 
 use berth_metadata::MetadataStore;
 use berth_proto::{Digest, ErrorCode, RepositoryName};
 use berth_storage::{BlobStore, ByteRange, ByteStream, Spool};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,16 @@ pub struct Settings {
     pub max_manifest_size: usize,
     /// Upload sessions idle for longer than this are purged.
     pub upload_idle_timeout: Duration,
+    /// Every write answers 405 (`storage.maintenance.readonly.enabled`).
+    pub read_only: bool,
+    /// The largest blob accepted, in bytes; `None` for no limit.
+    pub max_blob_size: Option<u64>,
+    /// Open upload sessions allowed in one repository, and in the whole registry.
+    pub max_sessions_per_repository: u64,
+    pub max_sessions: u64,
+    /// How old a spool without a session (or a session without a spool) must be before
+    /// it counts as a crash leftover: younger ones may belong to a request in flight.
+    pub orphan_grace: Duration,
 }
 
 impl Default for Settings {
@@ -39,6 +52,11 @@ impl Default for Settings {
             delete_enabled: false,
             max_manifest_size: 4 * 1024 * 1024,
             upload_idle_timeout: Duration::from_secs(168 * 3600),
+            read_only: false,
+            max_blob_size: None,
+            max_sessions_per_repository: 1_000,
+            max_sessions: 10_000,
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -49,7 +67,7 @@ pub struct Registry {
     meta: MetadataStore,
     settings: Settings,
     sessions: uploads::Sessions,
-    caches: cache::Caches,
+    caches: Arc<cache::Caches>,
 }
 
 impl Registry {
@@ -57,10 +75,10 @@ impl Registry {
         Registry {
             blobs,
             spool,
-            meta,
             settings,
             sessions: uploads::Sessions::default(),
-            caches: cache::Caches::default(),
+            caches: Arc::new(cache::Caches::new(meta.is_exclusive())),
+            meta,
         }
     }
 
@@ -68,7 +86,39 @@ impl Registry {
         &self.settings
     }
 
+    /// Runs a metadata write to `repo` to completion even if the request that started it
+    /// is dropped, then outdates the repository's cached reads: both happen before the
+    /// caller can acknowledge the write, and no cancellation can separate them.
+    async fn write<T: Send + 'static>(
+        &self,
+        repo: &RepositoryName,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        let caches = self.caches.clone();
+        let repo = repo.as_str().to_owned();
+        tokio::spawn(async move {
+            let out = work.await;
+            caches.changed(&repo);
+            out
+        })
+        .await
+        .map_err(|e| RegistryError::internal("metadata write", &e))
+    }
+
+    /// Refuses writes in read-only mode, with registry:2's answer.
+    fn require_writable(&self) -> Result<()> {
+        if self.settings.read_only {
+            Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                "the registry is in read-only mode (storage.maintenance.readonly)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn require_delete(&self) -> Result<()> {
+        self.require_writable()?;
         if self.settings.delete_enabled {
             Ok(())
         } else {
@@ -79,13 +129,13 @@ impl Registry {
     /// Size of a blob the repository may serve (`HEAD`), from metadata alone.
     pub async fn blob_size(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
         let key = cache::key(repo.as_str(), digest.as_str());
-        if let Some(size) = self.caches.blob(&key) {
+        if let Some(size) = self.caches.blobs.get(&self.caches, repo.as_str(), &key) {
             return Ok(size);
         }
-        let generation = self.caches.generation();
+        let ticket = self.caches.ticket(repo.as_str());
         let size =
             self.meta.linked_blob(repo.as_str(), digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))?;
-        self.caches.fill_blob(generation, key, size);
+        self.caches.blobs.fill(ticket, key, size);
         Ok(size)
     }
 
@@ -111,8 +161,8 @@ impl Registry {
     /// garbage collection to judge.
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
         self.require_delete()?;
-        if self.meta.unlink_blob(repo.as_str(), digest).await? {
-            self.caches.blob_unlinked(&cache::key(repo.as_str(), digest.as_str()));
+        let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
+        if self.write(repo, async move { meta.unlink_blob(name.as_str(), &d).await }).await?? {
             Ok(())
         } else {
             Err(RegistryError::blob_unknown(digest))
@@ -127,11 +177,13 @@ impl Registry {
         digest: &Digest,
         from: Option<&RepositoryName>,
     ) -> Result<bool> {
+        self.require_writable()?;
         if let Some(from) = from {
             if self.meta.linked_blob(from.as_str(), digest).await?.is_none() {
                 return Ok(false);
             }
         }
-        Ok(self.meta.mount_blob(repo.as_str(), digest).await?)
+        let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
+        Ok(self.write(repo, async move { meta.mount_blob(name.as_str(), &d).await }).await??)
     }
 }

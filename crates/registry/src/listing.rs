@@ -31,29 +31,32 @@ impl Registry {
         let id = self.repository_id(repo).await?;
         let limit = n.map_or(u32::MAX - 1, |n| n.min(MAX_TAG_PAGE));
         let last = last.unwrap_or("");
-        let key = cache::key(repo.as_str(), &format!("{last}\0{limit}"));
-        if let Some(page) = self.caches.tag_page(&key) {
+        let (c, name) = (&*self.caches, repo.as_str());
+        let key = cache::key(name, &format!("{last}\0{limit}"));
+        if let Some(page) = c.tag_pages.get(c, name, &key) {
             return Ok(page);
         }
-        let generation = self.caches.generation();
+        let ticket = c.ticket(name);
         let page = if limit == 0 {
             Page { names: Vec::new(), more: false }
         } else {
             Page::from_fetch(self.meta.tags(id, last, limit + 1).await?, limit)
         };
         let page = Arc::new(page);
-        self.caches.fill_tag_page(generation, key, page.clone());
+        c.tag_pages.fill(ticket, key, page.clone());
         Ok(page)
     }
 
     async fn repository_id(&self, repo: &RepositoryName) -> Result<i64> {
-        if let Some(id) = self.caches.repository(repo.as_str()) {
+        let (c, name) = (&*self.caches, repo.as_str());
+        if let Some(id) = c.repositories.get(c, name, name) {
             return Ok(id);
         }
-        let Some(id) = self.meta.repository_id(repo.as_str()).await? else {
+        let ticket = c.ticket(name);
+        let Some(id) = self.meta.repository_id(name).await? else {
             return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known")));
         };
-        self.caches.fill_repository(repo.as_str(), id);
+        c.repositories.fill(ticket, name.to_owned(), id);
         Ok(id)
     }
 

@@ -21,6 +21,41 @@ pub struct Referrers {
     pub filtered: bool,
 }
 
+/// A validated manifest, owned, so that its write can outlive the request.
+struct Record {
+    digest: Digest,
+    media_type: String,
+    artifact_type: Option<String>,
+    subject: Option<Digest>,
+    annotations: Option<String>,
+    content: Bytes,
+    blobs: Vec<Digest>,
+    children: Vec<Digest>,
+}
+
+impl Record {
+    fn view(&self) -> NewManifest<'_> {
+        NewManifest {
+            digest: &self.digest,
+            media_type: &self.media_type,
+            artifact_type: self.artifact_type.as_deref(),
+            subject: self.subject.as_ref(),
+            annotations: self.annotations.clone(),
+            content: &self.content,
+            blobs: self.blobs.iter().collect(),
+            children: self.children.iter().collect(),
+        }
+    }
+}
+
+fn missing(repo: &RepositoryName, target: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestBlobUnknown,
+        format!("manifest references {target}, which is not in repository {repo}"),
+    )
+    .with_detail(json!({ "digest": target }))
+}
+
 impl Registry {
     /// Validates and stores a manifest under `reference` (a tag, or the digest the bytes
     /// must have).
@@ -31,6 +66,7 @@ impl Registry {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<ManifestPut> {
+        self.require_writable()?;
         let manifest =
             Manifest::parse(&bytes, content_type).map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
         let digest = match reference {
@@ -46,61 +82,62 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
         };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str().to_owned()),
+            Reference::Digest(_) => None,
+        };
+        let record = Record {
+            digest: digest.clone(),
+            annotations: manifest.annotations.as_ref().map(|a| Value::Object(a.clone()).to_string()),
+            subject: manifest.subject.map(|s| s.digest),
+            blobs: manifest.blobs.into_iter().map(|d| d.digest).collect(),
+            children: manifest.children.into_iter().map(|d| d.digest).collect(),
+            media_type: manifest.media_type,
+            artifact_type: manifest.artifact_type,
+            content: bytes,
+        };
+        // A manifest that will be rejected must cost no storage write: check first.
+        if let Some(target) = self.meta.missing_reference(repo.as_str(), &record.view()).await? {
+            return Err(missing(repo, &target));
+        }
         // The bytes go to the blob store too, so the data directory alone holds every
         // manifest (registry:2 keeps them there) and metadata can be rebuilt from it.
         if self.blobs.stat(&digest).await?.is_none() {
-            self.blobs.put_bytes(&digest, bytes.clone()).await?;
+            self.blobs.put_bytes(&digest, record.content.clone()).await?;
         }
-        let annotations = manifest.annotations.as_ref().map(|a| Value::Object(a.clone()).to_string());
-        let record = NewManifest {
-            digest: &digest,
-            media_type: &manifest.media_type,
-            artifact_type: manifest.artifact_type.as_deref(),
-            subject: manifest.subject.as_ref().map(|s| &s.digest),
-            annotations,
-            content: &bytes,
-            blobs: manifest.blobs.iter().map(|d| &d.digest).collect(),
-            children: manifest.children.iter().map(|d| &d.digest).collect(),
-        };
-        let tag = match reference {
-            Reference::Tag(t) => Some(t.as_str()),
-            Reference::Digest(_) => None,
-        };
-        match self.meta.put_manifest(repo.as_str(), &record, tag).await {
-            Ok(()) => Ok(ManifestPut { subject: manifest.subject.map(|s| s.digest), digest }),
-            Err(PutManifestError::Missing(target)) => Err(RegistryError::new(
-                ErrorCode::ManifestBlobUnknown,
-                format!("manifest references {target}, which is not in repository {repo}"),
-            )
-            .with_detail(json!({ "digest": target }))),
+        let (meta, name, subject) = (self.meta.clone(), repo.clone(), record.subject.clone());
+        let put =
+            self.write(repo, async move { meta.put_manifest(name.as_str(), &record.view(), tag.as_deref()).await });
+        match put.await? {
+            Ok(()) => Ok(ManifestPut { subject, digest }),
+            Err(PutManifestError::Missing(target)) => Err(missing(repo, &target)),
             Err(PutManifestError::Db(e)) => Err(e.into()),
         }
     }
 
     /// A manifest by tag or digest, from the caches when they have it.
     pub async fn get_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<Arc<ManifestEntry>> {
-        let digest_key = match reference {
-            Reference::Digest(d) => Some(cache::key(repo.as_str(), d.as_str())),
-            Reference::Tag(t) => {
-                self.caches.tag(&cache::key(repo.as_str(), t.as_str())).map(|d| cache::key(repo.as_str(), &d))
-            }
+        let (c, name) = (&*self.caches, repo.as_str());
+        let digest = match reference {
+            Reference::Digest(d) => Some(d.to_string()),
+            Reference::Tag(t) => c.tags.get(c, name, &cache::key(name, t.as_str())),
         };
-        if let Some(m) = digest_key.and_then(|k| self.caches.manifest(&k)) {
+        if let Some(m) = digest.and_then(|d| c.manifests.get(c, name, &cache::key(name, &d))) {
             return Ok(m);
         }
-        let generation = self.caches.generation();
+        let ticket = c.ticket(name);
         let found = match reference {
-            Reference::Tag(t) => self.meta.manifest_by_tag(repo.as_str(), t.as_str()).await?,
-            Reference::Digest(d) => self.meta.manifest_by_digest(repo.as_str(), d).await?,
+            Reference::Tag(t) => self.meta.manifest_by_tag(name, t.as_str()).await?,
+            Reference::Digest(d) => self.meta.manifest_by_digest(name, d).await?,
         };
         let Some(StoredManifest { digest, media_type, content }) = found else {
             return Err(self.manifest_unknown(repo, reference).await);
         };
         let m = Arc::new(ManifestEntry { digest, media_type, content: content.into() });
         if let Reference::Tag(t) = reference {
-            self.caches.fill_tag(generation, cache::key(repo.as_str(), t.as_str()), m.digest.clone());
+            c.tags.fill(ticket, cache::key(name, t.as_str()), m.digest.clone());
         }
-        self.caches.fill_manifest(generation, cache::key(repo.as_str(), &m.digest), m.clone());
+        c.manifests.fill(ticket, cache::key(name, &m.digest), m.clone());
         Ok(m)
     }
 
@@ -114,18 +151,15 @@ impl Registry {
     /// Deletes a manifest by digest (with its tags), or only a tag.
     pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<()> {
         self.require_delete()?;
-        let deleted = match reference {
-            Reference::Tag(t) => {
-                let deleted = self.meta.delete_tag(repo.as_str(), t.as_str()).await?;
-                self.caches.tag_changed(&cache::key(repo.as_str(), t.as_str()));
-                deleted
-            }
-            Reference::Digest(d) => {
-                let deleted = self.meta.delete_manifest(repo.as_str(), d).await?;
-                self.caches.manifest_deleted(&cache::key(repo.as_str(), d.as_str()));
-                deleted
-            }
-        };
+        let (meta, name, r) = (self.meta.clone(), repo.clone(), reference.clone());
+        let deleted = self
+            .write(repo, async move {
+                match r {
+                    Reference::Tag(t) => meta.delete_tag(name.as_str(), t.as_str()).await,
+                    Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d).await,
+                }
+            })
+            .await??;
         if deleted {
             Ok(())
         } else {

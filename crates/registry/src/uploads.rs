@@ -2,8 +2,9 @@
 //! and only a durable, verified blob is published and recorded.
 
 use crate::{Registry, RegistryError, Result};
-use berth_proto::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
+use berth_proto::{Algorithm, ByteRange, Digest, ErrorCode, Hasher, RepositoryName};
 use berth_storage::{AppendError, ByteStream};
+use quick_cache::sync::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,36 +15,69 @@ pub struct UploadState {
     pub offset: u64,
 }
 
-/// The `Content-Range` of a chunk: where it must start and, if given, where it ends.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkRange {
-    pub start: u64,
-    pub end: Option<u64>,
+/// Hash states remembered between chunks. Bounded: an evicted state is rebuilt from the
+/// spool, which is the source of truth.
+const HASH_STATES: usize = 16 * 1024;
+
+/// Per-session bookkeeping on this instance.
+///
+/// `locks` serialises the chunks of one session (two appends must never write the same
+/// spool at once). An entry exists only while a request holds or waits for it, and only
+/// for sessions that exist in the database, so unknown ids create no state at all.
+/// `hashes` keeps the SHA-256 state a session's last chunk ended with, so the next chunk
+/// does not re-read the spool; a missing or stale state (restart, another instance took
+/// a chunk) is rebuilt from the spool.
+pub(crate) struct Sessions {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    hashes: Cache<String, (u64, Hasher)>,
 }
 
-/// The SHA-256 state of a session as this instance last left it. It saves re-reading the
-/// spool on every chunk; when it is missing or stale (restart, another instance took a
-/// chunk) the state is rebuilt from the spool, which is the source of truth.
-#[derive(Default)]
-struct Cached {
-    offset: u64,
-    hasher: Option<Hasher>,
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions { locks: Mutex::default(), hashes: Cache::new(HASH_STATES) }
+    }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Cached>>;
+/// Holds a session's lock; the map entry goes when its last holder does.
+pub(crate) struct SessionGuard<'a> {
+    sessions: &'a Sessions,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
 
-/// Per-session locks: chunks of one session are applied one at a time on this instance.
-#[derive(Default)]
-pub(crate) struct Sessions(Mutex<HashMap<String, Slot>>);
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.sessions.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if locks.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&self.id);
+        }
+    }
+}
 
 impl Sessions {
-    fn slot(&self, id: &str) -> Slot {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(id.to_owned()).or_default().clone()
+    pub(crate) async fn lock(&self, id: &str) -> SessionGuard<'_> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        SessionGuard { sessions: self, id: id.to_owned(), guard: Some(lock.lock_owned().await) }
     }
 
-    fn forget(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    /// The remembered hash state, if it covers exactly `offset` bytes.
+    fn take_hash(&self, id: &str, offset: u64, alg: Algorithm) -> Option<Hasher> {
+        let (at, hasher) = self.hashes.get(id)?;
+        self.hashes.remove(id);
+        (at == offset && hasher.algorithm() == alg).then_some(hasher)
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.hashes.remove(id);
+    }
+
+    #[cfg(test)]
+    fn tracked_locks(&self) -> usize {
+        self.locks.lock().unwrap().len()
     }
 }
 
@@ -54,9 +88,23 @@ fn valid_id(id: &str) -> bool {
 
 impl Registry {
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadState> {
+        self.require_writable()?;
         let id = uuid::Uuid::new_v4().to_string();
         self.spool.create(&id).await?;
-        self.meta.create_upload(&id, repo.as_str()).await?;
+        let s = &self.settings;
+        let opened = self.meta.create_upload(&id, repo.as_str(), s.max_sessions_per_repository, s.max_sessions).await;
+        if !matches!(opened, Ok(true)) {
+            self.spool.delete(&id).await?;
+        }
+        if !opened? {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "too many open upload sessions (at most {} per repository, {} in all): finish or cancel some",
+                    s.max_sessions_per_repository, s.max_sessions
+                ),
+            ));
+        }
         Ok(UploadState { id, offset: 0 })
     }
 
@@ -71,6 +119,14 @@ impl Registry {
         }
     }
 
+    /// Locks a session that exists, and returns its offset as of holding the lock.
+    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, u64)> {
+        self.session_offset(repo, id).await?;
+        let guard = self.sessions.lock(id).await;
+        let offset = self.session_offset(repo, id).await?;
+        Ok((guard, offset))
+    }
+
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
         let offset = self.session_offset(repo, id).await?;
         Ok(UploadState { id: id.to_owned(), offset })
@@ -81,14 +137,13 @@ impl Registry {
         &self,
         repo: &RepositoryName,
         id: &str,
-        range: Option<ChunkRange>,
+        range: Option<ByteRange>,
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<UploadState> {
-        let slot = self.sessions.slot(id);
-        let mut cached = slot.lock().await;
-        let offset = self.session_offset(repo, id).await?;
-        let offset = self.append_locked(id, offset, &mut cached, range, len, body).await?;
+        self.require_writable()?;
+        let (_guard, offset) = self.lock_session(repo, id).await?;
+        let offset = self.append_locked(id, offset, range, len, body).await?;
         Ok(UploadState { id: id.to_owned(), offset })
     }
 
@@ -96,14 +151,14 @@ impl Registry {
         &self,
         id: &str,
         offset: u64,
-        cached: &mut Cached,
-        range: Option<ChunkRange>,
+        range: Option<ByteRange>,
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        let max_len = chunk_length(offset, range, len)?;
-        let hasher = self.hasher_at(id, offset, cached, Algorithm::Sha256).await?;
-        let appended = match self.spool.append(id, offset, hasher, body, max_len).await {
+        let declared = chunk_length(offset, range, len)?;
+        let room = self.room_after(offset, declared)?;
+        let hasher = self.hasher_at(id, offset, Algorithm::Sha256).await?;
+        let appended = match self.spool.append(id, offset, hasher, body, declared.or(room)).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
                 return Err(RegistryError::new(
@@ -111,32 +166,49 @@ impl Registry {
                     format!("upload body was not received completely: {e}"),
                 ))
             }
+            Err(AppendError::TooLong) if declared.is_none() => return Err(self.blob_too_large()),
             Err(AppendError::TooLong) => {
                 return Err(RegistryError::new(ErrorCode::SizeInvalid, "body is longer than its declared length"))
             }
             Err(AppendError::Storage(e)) => return Err(e.into()),
         };
-        if let Some(expected) = max_len.filter(|&m| appended.offset - offset != m) {
+        let received = appended.offset - offset;
+        if let Some(expected) = declared.filter(|&d| received != d) {
             // A declared length the body fell short of: the chunk is not part of the
             // upload. The bytes past `offset` are cut by the next append or publish.
             return Err(RegistryError::new(
                 ErrorCode::SizeInvalid,
-                format!("declared {expected} bytes, received {}", appended.offset - offset),
+                format!("declared {expected} bytes, received {received}"),
             ));
         }
         if !self.meta.advance_upload(id, offset, appended.offset).await? {
-            cached.hasher = None;
             return Err(RegistryError::new(ErrorCode::RangeInvalid, "upload was modified concurrently"));
         }
-        *cached = Cached { offset: appended.offset, hasher: Some(appended.hasher) };
+        self.sessions.hashes.insert(id.to_owned(), (appended.offset, appended.hasher));
         Ok(appended.offset)
     }
 
+    /// How many more bytes a session at `offset` may take under the blob size limit;
+    /// refuses a chunk whose declared length is already over it, before reading it.
+    fn room_after(&self, offset: u64, declared: Option<u64>) -> Result<Option<u64>> {
+        let Some(max) = self.settings.max_blob_size else { return Ok(None) };
+        let room = max.saturating_sub(offset);
+        if declared.is_some_and(|d| d > room) {
+            return Err(self.blob_too_large());
+        }
+        Ok(Some(room))
+    }
+
+    fn blob_too_large(&self) -> RegistryError {
+        let max = self.settings.max_blob_size.unwrap_or(u64::MAX);
+        RegistryError::new(ErrorCode::TooLarge, format!("blob exceeds the limit of {max} bytes"))
+    }
+
     /// The hash state over the first `offset` bytes of the spool.
-    async fn hasher_at(&self, id: &str, offset: u64, cached: &mut Cached, alg: Algorithm) -> Result<Hasher> {
-        match cached.hasher.take() {
-            Some(h) if cached.offset == offset && h.algorithm() == alg => Ok(h),
-            _ => Ok(self.spool.rehash(id, offset, alg).await?),
+    async fn hasher_at(&self, id: &str, offset: u64, alg: Algorithm) -> Result<Hasher> {
+        match self.sessions.take_hash(id, offset, alg) {
+            Some(h) => Ok(h),
+            None => Ok(self.spool.rehash(id, offset, alg).await?),
         }
     }
 
@@ -149,13 +221,12 @@ impl Registry {
         len: Option<u64>,
         body: Option<ByteStream>,
     ) -> Result<u64> {
-        let slot = self.sessions.slot(id);
-        let mut cached = slot.lock().await;
-        let mut offset = self.session_offset(repo, id).await?;
+        self.require_writable()?;
+        let (_guard, mut offset) = self.lock_session(repo, id).await?;
         if let Some(body) = body {
-            offset = self.append_locked(id, offset, &mut cached, None, len, body).await?;
+            offset = self.append_locked(id, offset, None, len, body).await?;
         }
-        let actual = self.hasher_at(id, offset, &mut cached, digest.algorithm()).await?.finish();
+        let actual = self.hasher_at(id, offset, digest.algorithm()).await?.finish();
         if &actual != digest {
             self.discard_upload(id).await?;
             return Err(RegistryError::new(
@@ -165,20 +236,20 @@ impl Registry {
             .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
         self.blobs.publish(&self.spool, id, digest, offset).await?;
-        self.meta.commit_blob(repo.as_str(), digest, offset, Some(id)).await?;
+        let (meta, name, d, session) = (self.meta.clone(), repo.clone(), digest.clone(), id.to_owned());
+        self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, Some(&session)).await }).await??;
         self.sessions.forget(id);
         Ok(offset)
     }
 
     /// Cancels a session (`DELETE`).
     pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
-        let slot = self.sessions.slot(id);
-        let _guard = slot.lock().await;
-        self.session_offset(repo, id).await?;
+        self.require_writable()?;
+        let (_guard, _) = self.lock_session(repo, id).await?;
         self.discard_upload(id).await
     }
 
-    async fn discard_upload(&self, id: &str) -> Result<()> {
+    pub(crate) async fn discard_upload(&self, id: &str) -> Result<()> {
         self.meta.delete_upload(id).await?;
         self.spool.delete(id).await?;
         self.sessions.forget(id);
@@ -193,6 +264,8 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
+        self.require_writable()?;
+        self.room_after(0, len)?;
         let session = self.start_upload(repo).await?;
         let result = self.finish_upload(repo, &session.id, digest, len, Some(body)).await;
         if result.is_err() {
@@ -200,23 +273,11 @@ impl Registry {
         }
         result
     }
-
-    /// Purges sessions idle for longer than the configured timeout; returns how many.
-    pub async fn purge_idle_uploads(&self) -> Result<usize> {
-        let cutoff = berth_metadata::now_millis() - self.settings.upload_idle_timeout.as_millis() as i64;
-        let ids = self.meta.idle_uploads(cutoff).await?;
-        for id in &ids {
-            let slot = self.sessions.slot(id);
-            let _guard = slot.lock().await;
-            self.discard_upload(id).await?;
-        }
-        Ok(ids.len())
-    }
 }
 
 /// Checks a chunk's `Content-Range` against the session and returns the chunk's length
 /// when the request pins it down.
-fn chunk_length(offset: u64, range: Option<ChunkRange>, len: Option<u64>) -> Result<Option<u64>> {
+fn chunk_length(offset: u64, range: Option<ByteRange>, len: Option<u64>) -> Result<Option<u64>> {
     let Some(range) = range else { return Ok(len) };
     if range.start != offset {
         return Err(RegistryError::new(
@@ -224,12 +285,37 @@ fn chunk_length(offset: u64, range: Option<ChunkRange>, len: Option<u64>) -> Res
             format!("chunk starts at {} but the upload holds {offset} bytes", range.start),
         ));
     }
-    let range_len = range.end.map(|end| end + 1 - range.start);
-    match (range_len, len) {
-        (Some(r), Some(l)) if r != l => Err(RegistryError::new(
+    let range_len = range.length();
+    match len {
+        Some(l) if l != range_len => Err(RegistryError::new(
             ErrorCode::RangeInvalid,
-            format!("Content-Range covers {r} bytes but Content-Length is {l}"),
+            format!("Content-Range covers {range_len} bytes but Content-Length is {l}"),
         )),
-        (r, l) => Ok(r.or(l)),
+        _ => Ok(Some(range_len)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn session_locks_live_only_while_held() {
+        let s = Sessions::default();
+        {
+            let _a = s.lock("a").await;
+            let _b = s.lock("b").await;
+            assert_eq!(s.tracked_locks(), 2);
+        }
+        assert_eq!(s.tracked_locks(), 0);
+    }
+
+    #[test]
+    fn chunk_ranges_with_extreme_values_do_not_overflow() {
+        let whole = ByteRange { start: 0, end: u64::MAX };
+        assert_eq!(chunk_length(0, Some(whole), None).unwrap(), Some(u64::MAX));
+        assert!(chunk_length(0, Some(whole), Some(5)).is_err());
+        assert!(chunk_length(5, Some(ByteRange { start: 4, end: 9 }), None).is_err());
+        assert_eq!(chunk_length(7, None, Some(3)).unwrap(), Some(3));
     }
 }

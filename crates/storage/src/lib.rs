@@ -15,6 +15,7 @@ pub use fs::FsBlobStore;
 pub use object::ObjectBlobStore;
 pub use spool::Spool;
 
+pub use berth_proto::ByteRange;
 use berth_proto::{Digest, Hasher};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -43,13 +44,6 @@ pub enum AppendError {
     /// The storage failed. Nothing was kept.
     #[error("storage: {0}")]
     Storage(#[from] io::Error),
-}
-
-/// A byte range of a blob, both ends inclusive as in HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteRange {
-    pub start: u64,
-    pub end: u64,
 }
 
 /// Where verified uploads are published and blobs are read from.

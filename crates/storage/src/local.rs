@@ -1,5 +1,6 @@
 //! Local-disk helpers shared by the backends: durable directories, blocking I/O off the
-//! async threads, and streaming a file (or a range of it) without holding it in memory.
+//! async threads, the memory budget of transfer buffers, and streaming a file (or a
+//! range of it) without holding it in memory.
 
 use crate::{ByteRange, ByteStream};
 use bytes::Bytes;
@@ -7,9 +8,10 @@ use futures_util::StreamExt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// Size of the reads that feed a download.
+/// The largest piece a download reads at once.
 const READ_CHUNK: usize = 512 * 1024;
 
 /// Creates `dir` and any missing parents, fsyncing each parent that gained an entry so
@@ -40,41 +42,125 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Runs blocking I/O on tokio's blocking pool. Callers keep each call short (one batch,
+/// one read): a thread is held per operation, never per transfer, so thousands of slow
+/// transfers do not exhaust the pool.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
-/// Streams `path` (or a range of it) from a blocking thread in 512 KiB pieces. The read
-/// stops as soon as the receiver is dropped (the client went away).
+/// The memory that transfer buffers (download pieces, upload batches) may hold at once
+/// before new buffers shrink. A slow client keeps the buffer it was last handed, so with
+/// thousands of them fixed-size buffers would add up to gigabytes; instead, while the
+/// budget is exceeded every new buffer is [`MIN_BUFFER`] bytes. Memory stays below
+/// `BUDGET + transfers × MIN_BUFFER`, and no transfer ever waits for memory.
+pub(crate) const BUDGET: usize = 64 * 1024 * 1024;
+pub(crate) const MIN_BUFFER: usize = 16 * 1024;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of transfer buffers alive now.
+#[cfg(test)]
+fn buffered_bytes() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// The size for the next buffer of a transfer that would like `wanted` bytes.
+pub(crate) fn buffer_size(wanted: usize) -> usize {
+    if IN_FLIGHT.load(Ordering::Relaxed) + wanted <= BUDGET {
+        wanted
+    } else {
+        wanted.min(MIN_BUFFER)
+    }
+}
+
+/// Counts `len` bytes against the budget until dropped.
+pub(crate) struct Reservation(usize);
+
+impl Reservation {
+    pub(crate) fn new(len: usize) -> Reservation {
+        IN_FLIGHT.fetch_add(len, Ordering::Relaxed);
+        Reservation(len)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// A buffer that counts against the budget for as long as any `Bytes` points into it.
+struct Tracked(Vec<u8>, #[allow(dead_code)] Reservation);
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn tracked(buf: Vec<u8>) -> Bytes {
+    let reservation = Reservation::new(buf.capacity());
+    Bytes::from_owner(Tracked(buf, reservation))
+}
+
+/// Streams `path` (or a range of it) in pieces of at most 512 KiB. Each piece is one
+/// read on the blocking pool; between pieces nothing but the open file is held, and the
+/// next piece is read only when the client has taken the last one.
 pub(crate) async fn read_file(path: PathBuf, range: Option<ByteRange>) -> io::Result<ByteStream> {
-    let mut file = blocking(move || File::open(path)).await?;
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
-    tokio::task::spawn_blocking(move || {
-        let (start, mut left) = match range {
-            Some(r) => (r.start, r.end - r.start + 1),
-            None => (0, u64::MAX),
-        };
-        if let Err(e) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
+    let (start, len) = range.map_or((0, u64::MAX), |r| (r.start, r.length()));
+    let file = blocking(move || {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(start))?;
+        Ok(f)
+    })
+    .await?;
+    let state = Some((Arc::new(file), len));
+    Ok(futures_util::stream::unfold(state, |state| async move {
+        let (file, left) = state?;
+        if left == 0 {
+            return None;
         }
-        while left > 0 {
-            // Read into spare capacity: no zeroing pass over every buffer.
-            let want = READ_CHUNK.min(usize::try_from(left).unwrap_or(READ_CHUNK));
+        let want = buffer_size(READ_CHUNK).min(usize::try_from(left).unwrap_or(READ_CHUNK));
+        let reader = file.clone();
+        // One stream reads its file sequentially, so the shared cursor is only ever moved
+        // by this stream, one piece at a time.
+        let piece = blocking(move || {
             let mut buf = Vec::with_capacity(want);
-            let item = match (&mut file).take(want as u64).read_to_end(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    left -= n as u64;
-                    Ok(Bytes::from(buf))
-                }
-                Err(e) => Err(e),
-            };
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return;
+            (&*reader).take(want as u64).read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await;
+        match piece {
+            Ok(buf) if buf.is_empty() && left != u64::MAX => {
+                Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob is shorter than recorded")), None))
             }
+            Ok(buf) if buf.is_empty() => None,
+            Ok(buf) => {
+                let n = buf.len() as u64;
+                let left = if left == u64::MAX { left } else { left - n };
+                Some((Ok(tracked(buf)), Some((file, left))))
+            }
+            Err(e) => Some((Err(e), None)),
         }
-    });
-    Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    })
+    .boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_shrink_when_the_budget_is_spent() {
+        let held = Reservation::new(BUDGET);
+        assert_eq!(buffer_size(READ_CHUNK), MIN_BUFFER);
+        drop(held);
+        let b = tracked(vec![0u8; 1024]);
+        assert!(buffered_bytes() >= 1024);
+        let slice = b.slice(10..20);
+        drop(b);
+        assert!(buffered_bytes() >= 1024, "a slice keeps its buffer counted");
+        drop(slice);
+    }
 }

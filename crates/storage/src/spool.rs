@@ -1,7 +1,7 @@
 //! Upload spools: one local file per upload session, written at the session's durable
 //! offset while being hashed, and synced before an append is acknowledged.
 
-use crate::local::{blocking, create_dir_durable, remove_if_exists};
+use crate::local::{blocking, buffer_size, create_dir_durable, remove_if_exists, sync_dir, Reservation};
 use crate::{AppendError, Appended, ByteStream};
 use berth_proto::{Algorithm, Hasher};
 use bytes::Bytes;
@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use tokio::sync::mpsc;
+use std::time::SystemTime;
+use tokio::task::JoinHandle;
 
 /// Bytes handed between the socket task and the disk thread at a time. Large enough to
 /// amortise the hand-off, small enough that many concurrent uploads stay cheap in memory.
@@ -44,6 +45,9 @@ impl Spool {
     /// Streams `body` into the spool at `offset`, hashing as it goes, and makes the new
     /// bytes durable before returning. On any error the spool is cut back to `offset`, so
     /// the session is exactly as it was before the call. `max_len` caps the chunk.
+    ///
+    /// Batches are hashed and written on the blocking pool one at a time while the next
+    /// batch arrives from the socket; no thread is held while the client is slow.
     pub async fn append(
         &self,
         id: &str,
@@ -62,17 +66,21 @@ impl Spool {
             Ok(f)
         })
         .await?;
-        let (tx, rx) = mpsc::channel(2);
-        let writer = tokio::task::spawn_blocking(move || write_batches(file, offset, hasher, rx));
-        let forwarded = forward_body(body, tx, max_len).await;
-        let written = writer.await.map_err(io::Error::other)?;
-        match (forwarded, written) {
-            (Ok(n), Ok((_, hasher))) => Ok(Appended { offset: offset + n, hasher }),
-            (forwarded, written) => {
+        let writer = Writer { file, hasher, written: offset, flushed: offset };
+        match write_body(writer, body, max_len).await {
+            Ok(w) => {
+                if offset == 0 && w.written > 0 {
+                    // The first acknowledged bytes of a session: make its spool's directory
+                    // entry durable too, so that the session can resume after a power cut.
+                    let dir = self.dir.clone();
+                    blocking(move || sync_dir(&dir)).await?;
+                }
+                Ok(Appended { offset: w.written, hasher: w.hasher })
+            }
+            Err(e) => {
                 let path = self.path(id);
                 blocking(move || OpenOptions::new().write(true).open(path)?.set_len(offset)).await?;
-                forwarded?;
-                Err(AppendError::Storage(written.err().unwrap_or_else(|| io::Error::other("write failed"))))
+                Err(e)
             }
         }
     }
@@ -108,6 +116,28 @@ impl Spool {
         Ok(())
     }
 
+    /// Every spool (and staged object) with the time it was last written: for finding
+    /// crash leftovers that belong to no session.
+    pub async fn list(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let dir = self.dir.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else { continue };
+                if uuid::Uuid::try_parse(&name).is_ok() {
+                    out.push((name, entry.metadata()?.modified()?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn exists(&self, id: &str) -> io::Result<bool> {
+        tokio::fs::try_exists(self.path(id)).await
+    }
+
     /// Removes a spool; a missing one is not an error.
     pub async fn delete(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
@@ -118,29 +148,93 @@ impl Spool {
 /// How much is written before the kernel is asked to start writing it back.
 const WRITEBACK_WINDOW: u64 = 2 * 1024 * 1024;
 
-/// The disk side of an append: hashes and writes batches as they arrive, then syncs.
-/// Runs on a blocking thread so hashing overlaps with receiving the next bytes.
-fn write_batches(
-    mut file: File,
-    offset: u64,
-    mut hasher: Hasher,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
-) -> io::Result<(File, Hasher)> {
-    let mut written = offset;
-    let mut flushed = offset;
-    while let Some(batch) = rx.blocking_recv() {
+/// The disk side of an append, handed to the blocking pool one batch at a time.
+struct Writer {
+    file: File,
+    hasher: Hasher,
+    written: u64,
+    flushed: u64,
+}
+
+impl Writer {
+    fn write(mut self, batch: Vec<Bytes>) -> io::Result<Writer> {
         for chunk in &batch {
-            hasher.update(chunk);
-            file.write_all(chunk)?;
-            written += chunk.len() as u64;
+            self.hasher.update(chunk);
+            self.file.write_all(chunk)?;
+            self.written += chunk.len() as u64;
         }
-        if written - flushed >= WRITEBACK_WINDOW {
-            start_writeback(&file, flushed, written - flushed);
-            flushed = written;
+        if self.written - self.flushed >= WRITEBACK_WINDOW {
+            start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(self)
+    }
+}
+
+/// Receives the body into batches and writes each on the blocking pool while the next
+/// one arrives. Returns the writer after its final `fdatasync`.
+async fn write_body(writer: Writer, mut body: ByteStream, max_len: Option<u64>) -> Result<Writer, AppendError> {
+    let mut idle = Some(writer);
+    let mut busy: Option<JoinHandle<io::Result<Writer>>> = None;
+    let mut received = 0u64;
+    let mut batch = Vec::new();
+    let mut batch_len = 0usize;
+    let mut target = buffer_size(BATCH);
+    loop {
+        let done = match body.next().await {
+            Some(Err(e)) => return Err(settle(busy, AppendError::Body(e)).await),
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                if max_len.is_some_and(|m| received > m) {
+                    return Err(settle(busy, AppendError::TooLong).await);
+                }
+                batch_len += chunk.len();
+                batch.push(chunk);
+                false
+            }
+            None => true,
+        };
+        if batch_len > 0 && (batch_len >= target || done) {
+            let writer = match busy.take() {
+                Some(handle) => join(handle).await?,
+                None => idle.take().expect("the writer is idle when no batch is in flight"),
+            };
+            // The batch counts against the transfer budget until it is on disk.
+            let (full, counted) = (std::mem::take(&mut batch), Reservation::new(batch_len));
+            busy = Some(tokio::task::spawn_blocking(move || {
+                let _counted = counted;
+                writer.write(full)
+            }));
+            batch_len = 0;
+            target = buffer_size(BATCH);
+        }
+        if done {
+            break;
         }
     }
-    file.sync_data()?;
-    Ok((file, hasher))
+    let writer = match busy {
+        Some(handle) => join(handle).await?,
+        None => idle.expect("the writer is idle when no batch is in flight"),
+    };
+    blocking(move || {
+        writer.file.sync_data()?;
+        Ok(writer)
+    })
+    .await
+    .map_err(AppendError::Storage)
+}
+
+async fn join(handle: JoinHandle<io::Result<Writer>>) -> Result<Writer, AppendError> {
+    Ok(handle.await.map_err(io::Error::other)??)
+}
+
+/// Lets a batch in flight finish before the caller cuts the spool back, then reports
+/// `err`.
+async fn settle(busy: Option<JoinHandle<io::Result<Writer>>>, err: AppendError) -> AppendError {
+    if let Some(handle) = busy {
+        let _ = handle.await;
+    }
+    err
 }
 
 /// Starts writing a range back to disk without waiting for it, so the disk works while
@@ -151,35 +245,4 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
-}
-
-/// Pulls the body and forwards it in batches; returns how many bytes it forwarded.
-async fn forward_body(
-    mut body: ByteStream,
-    tx: mpsc::Sender<Vec<Bytes>>,
-    max_len: Option<u64>,
-) -> Result<u64, AppendError> {
-    let mut total = 0u64;
-    let mut batch = Vec::new();
-    let mut batch_len = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(AppendError::Body)?;
-        total += chunk.len() as u64;
-        if max_len.is_some_and(|m| total > m) {
-            return Err(AppendError::TooLong);
-        }
-        batch_len += chunk.len();
-        batch.push(chunk);
-        if batch_len >= BATCH {
-            batch_len = 0;
-            if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                // The disk thread stopped early: its own error is reported by the caller.
-                return Ok(total);
-            }
-        }
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(batch).await;
-    }
-    Ok(total)
 }

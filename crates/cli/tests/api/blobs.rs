@@ -1,8 +1,6 @@
 //! The base endpoint, blob reads (HEAD/GET, ranges), deletes and cross-repository mounts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

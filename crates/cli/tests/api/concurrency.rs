@@ -1,8 +1,6 @@
 //! Concurrent pushes of the same blob and to the same tag.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::future::join_all;
 use std::sync::Arc;
 

@@ -107,10 +107,18 @@ pub struct Maintenance {
     #[serde(default)]
     pub uploadpurging: UploadPurging,
     #[serde(default)]
-    pub readonly: Option<Value>,
+    pub readonly: ReadOnly,
 }
 
-#[derive(Debug, Deserialize)]
+/// registry:2's maintenance mode: every write answers 405.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOnly {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadPurging {
     #[serde(default = "yes")]
@@ -151,6 +159,10 @@ pub struct Berth {
     pub database: Database,
     #[serde(default)]
     pub manifests: Manifests,
+    #[serde(default)]
+    pub blobs: Blobs,
+    #[serde(default)]
+    pub uploads: Uploads,
     /// Allow listening beyond loopback without authentication.
     #[serde(default)]
     pub allowunauthenticated: bool,
@@ -159,22 +171,64 @@ pub struct Berth {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BerthHttp {
     /// The longest a request body may go without sending a byte before the request fails
     /// (a stalled or vanished client); the upload session stays resumable.
-    #[serde(default = "default_body_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub bodytimeout: Duration,
+    /// From the first byte of a request to the end of its head (slowloris).
+    #[serde(with = "duration")]
+    pub headertimeout: Duration,
+    /// How long a keep-alive connection with no request in flight stays open.
+    #[serde(with = "duration")]
+    pub idletimeout: Duration,
+    /// How long a response may wait for the client to take any bytes.
+    #[serde(with = "duration")]
+    pub sendtimeout: Duration,
+    /// The largest request head (request line plus headers), in bytes.
+    pub maxheaderbytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub maxconnections: usize,
 }
 
 impl Default for BerthHttp {
     fn default() -> Self {
-        BerthHttp { bodytimeout: default_body_timeout() }
+        BerthHttp {
+            bodytimeout: Duration::from_secs(60),
+            headertimeout: Duration::from_secs(10),
+            idletimeout: Duration::from_secs(60),
+            sendtimeout: Duration::from_secs(60),
+            maxheaderbytes: 64 * 1024,
+            maxconnections: 4096,
+        }
     }
 }
 
-fn default_body_timeout() -> Duration {
-    Duration::from_secs(60)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blobs {
+    /// Largest blob accepted, in bytes (default: no limit).
+    pub maxsize: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Uploads {
+    /// Open upload sessions allowed in the whole registry.
+    pub maxsessions: u64,
+    /// Open upload sessions allowed in one repository.
+    pub maxsessionsperrepository: u64,
+    /// Age after which a spool without a session, or a session without a spool, is a
+    /// crash leftover and removed.
+    #[serde(with = "duration")]
+    pub orphangrace: Duration,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads { maxsessions: 10_000, maxsessionsperrepository: 1_000, orphangrace: Duration::from_secs(3600) }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,9 +1,7 @@
 //! Repository names that must be refused (and must never reach the filesystem), and
 //! requests that match no endpoint or method.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 use std::path::Path;
 

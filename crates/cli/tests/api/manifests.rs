@@ -1,9 +1,7 @@
 //! Manifests: push and pull (byte for byte), the manifest kinds, validation errors, the
 //! size limit, subjects, Accept negotiation and deletes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 use serde_json::json;
 

@@ -1,9 +1,7 @@
 //! Blob upload sessions: monolithic and chunked pushes, session status, errors,
 //! cancellation, digests, truncated bodies, restarts and purging.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 
 const UNKNOWN_SESSION: &str = "3f1b0f5e-8c1d-4a4e-9a57-2f0c1c7e9d11";
@@ -281,10 +279,9 @@ async fn truncated_final_chunk_is_not_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_survives_restart() {
     let first = Server::start().await;
-    let root = first.root.clone();
     let session = first.start_upload("restart").await;
     first.patch(&session, b"before ", None).await.status(202).has("range", "0-6");
-    drop(first);
+    let root = first.stop().await;
 
     let second = Server::on_root(root, &[("REGISTRY_STORAGE_DELETE_ENABLED", "true")]).await;
     second.get(&session).await.status(204).has("range", "0-6");
@@ -293,8 +290,7 @@ async fn session_survives_restart() {
     second.finish(&session, &digest, None).await.status(201);
     assert_eq!(&second.blob_bytes("restart", &digest).await[..], b"before after");
     let m = second.push_image("restart", "v1", "persisted").await;
-    let root = second.root.clone();
-    drop(second);
+    let root = second.stop().await;
 
     let third = Server::on_root(root, &[]).await;
     assert_eq!(&third.blob_bytes("restart", &digest).await[..], b"before after");

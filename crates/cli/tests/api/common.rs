@@ -1,6 +1,5 @@
 //! Test harness: a real Berth server on an ephemeral port, an HTTP client, and helpers
 //! for the request shapes the API tests repeat (blobs, uploads, manifests, errors).
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -39,12 +38,15 @@ pub struct Server {
     pub root: Arc<tempfile::TempDir>,
     pub registry: Arc<berth_registry::Registry>,
     client: reqwest::Client,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -167,10 +169,32 @@ impl Server {
         let app = berth::build(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = app.router;
-        let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let (router, limits) = (app.router, berth::server_limits(&config));
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            berth_http::serve(listener, router, limits, async move { stop.await.unwrap_or(()) }).await.unwrap()
+        });
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Server { addr, base: format!("http://{addr}"), root, registry: app.registry, client, task }
+        Server {
+            addr,
+            base: format!("http://{addr}"),
+            root,
+            registry: app.registry,
+            client,
+            task: Some(task),
+            shutdown: Some(shutdown),
+        }
+    }
+
+    /// Stops the server as SIGTERM does and waits until it let go of its root (its
+    /// database lock), so that another server can open the same root.
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        drop(self.shutdown.take());
+        self.client = reqwest::Client::new();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        self.root.clone()
     }
 
     pub fn root_path(&self) -> &Path {

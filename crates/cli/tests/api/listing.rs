@@ -1,8 +1,6 @@
 //! Tag lists and the catalog: byte order, `n`/`last` pagination and `Link` headers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The target of a `Link: <...>; rel="next"` header, if present.

@@ -1,8 +1,6 @@
 //! The referrers API: manifests whose `subject` is a given digest.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// An artifact manifest (empty config) about `subject`.

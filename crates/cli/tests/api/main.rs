@@ -1,0 +1,12 @@
+//! HTTP API tests against a real Berth server on an ephemeral port. One test binary
+//! (modules per area) so the suite links once.
+
+mod common;
+
+mod blobs;
+mod concurrency;
+mod errors;
+mod listing;
+mod manifests;
+mod referrers;
+mod uploads;
