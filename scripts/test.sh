@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, checks formatting
-# and lints, builds the release binary, runs the Rust tests, the real-client end-to-end
-# tests and the benchmark's smoke mode.
+# and lints, builds the release binary and runs the Rust tests in the same (release)
+# profile, then the OCI conformance suite, the real-client end-to-end tests (including
+# the model-based concurrency test and the power-cut test), the fuzzers for a bounded
+# time, and the benchmark's smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +21,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build --release"
 cargo build --release --locked
 
-step "cargo test"
-cargo test --workspace --locked
+step "cargo test (release profile: the same build as the binary)"
+cargo test --release --workspace --locked
+
+step "OCI distribution-spec conformance suite"
+BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh
 
 step "end-to-end tests with real clients"
 BERTH_BIN="$PWD/target/release/berth" python3 -m pytest -q tests/e2e
