@@ -3,6 +3,7 @@
 #   bench/run.sh            full run, writes docs/BENCHMARKS.md (~15-20 min)
 #   bench/run.sh --smoke    tiny sizes, < 2 min, writes the table to a temp file; exits non-zero on any failed step
 #   bench/run.sh --out F    write the table to F instead
+#   bench/run.sh --only S   run only the comma-separated steps S of: limits,throughput,rss,tags,repos,abuse
 # Env: BERTH_BIN (default target/release/berth), DISTRIBUTION_BIN (default /usr/bin/docker-registry),
 #      BENCH_TMPDIR (parent of the work/storage dir, default $TMPDIR or /tmp), BENCH_KEEP=1 keeps the work dir.
 set -euo pipefail
@@ -14,11 +15,13 @@ command="bench/run.sh${*:+ $*}"
 
 smoke=0
 out=""
+only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --out) out="${2:?--out needs a path}"; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --only) only="${2:?--only needs a list of steps}"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -30,7 +33,7 @@ if [ ! -x "$berth_bin" ]; then
   echo "berth binary not found at $berth_bin (build it, or set BERTH_BIN=/usr/bin/docker-registry to test the harness)" >&2
   exit 2
 fi
-for tool in "$dist_bin" curl wrk ab skopeo iperf3 openssl dd python3 sha256sum; do
+for tool in "$dist_bin" curl wrk ab skopeo iperf3 openssl fio python3 sha256sum; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (see scripts/install-test-deps.sh)" >&2; exit 2; }
 done
 
@@ -71,6 +74,7 @@ fs_info="$(df -h --output=source,fstype "$work" | tail -1 | awk '{print $1" "$2}
 args=(--work "$work" --out "$out" --command "$command" --berth-bin "$berth_bin"
       --distribution-bin "$dist_bin" --fs-info "$fs_info")
 [ "$smoke" = 1 ] && args+=(--smoke)
+[ -n "$only" ] && args+=(--only "$only")
 
 echo "work dir: $work ($fs_info); report: $out" >&2
 python3 "$here/bench.py" "${args[@]}" &

@@ -30,5 +30,8 @@ BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh
 step "end-to-end tests with real clients"
 BERTH_BIN="$PWD/target/release/berth" python3 -m pytest -q tests/e2e
 
+step "fuzzing every parser of client input (bounded time per target)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
+
 step "benchmark smoke run"
 BERTH_BIN="$PWD/target/release/berth" bash bench/run.sh --smoke

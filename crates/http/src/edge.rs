@@ -53,8 +53,11 @@ pub fn log_panics() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if tracing::dispatcher::has_been_set() {
+            let message = info.payload_as_str().unwrap_or("(no message)");
+            let location = info.location().map(ToString::to_string).unwrap_or_default();
+            // Captured only when RUST_BACKTRACE asks for it.
             let backtrace = std::backtrace::Backtrace::capture();
-            tracing::error!(panic = %info, %backtrace, "panicked");
+            tracing::error!(panic = message, %location, %backtrace, "panicked");
         } else {
             previous(info);
         }
@@ -113,5 +116,71 @@ pub(crate) fn url(options: &EdgeOptions, headers: &HeaderMap, path: &str) -> Str
             format!("{scheme}://{host}{path}")
         }
         _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    /// Log output collected in memory.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    fn request(path: &str) -> Request {
+        Request::get(path).header("x-request-id", "req-42").body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        log_panics();
+        let options = Arc::new(EdgeOptions { relative_urls: false, headers: Vec::new(), body_timeout: Duration::ZERO });
+        let routes: Router = Router::new()
+            .route("/boom", get(|| async { panic!("handler bug") as &'static str }))
+            .route("/warn", get(|| async { tracing::warn!("inside a request") }));
+        let app = wrap(routes, options);
+
+        let resp = app.clone().oneshot(request("/boom")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[&REQUEST_ID], "req-42");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errors"][0]["code"], "UNKNOWN");
+        assert!(!body.windows(10).any(|w| w == b"handler bu"), "the panic message must not reach clients");
+
+        let resp = app.oneshot(request("/warn")).await.unwrap();
+        // Back to the default hook, so that a failing assertion below is printed.
+        drop(std::panic::take_hook());
+        assert_eq!(resp.status(), StatusCode::OK);
+
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_owned);
+        let panicked = line("panicked").unwrap_or_else(|| panic!("no panic line in:\n{text}"));
+        assert!(panicked.contains("req-42") && panicked.contains("handler bug"), "{panicked}");
+        let warned = line("inside a request").unwrap_or_else(|| panic!("no warning in:\n{text}"));
+        assert!(warned.contains("req-42"), "{warned}");
     }
 }

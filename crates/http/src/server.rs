@@ -124,6 +124,9 @@ struct Activity {
     /// Set when a connection with nothing in flight receives bytes (a head has begun),
     /// or when it becomes idle; read by the timers.
     since: Mutex<Phase>,
+    /// The task last waiting to read. When the last request ends it is woken, so that it
+    /// arms the idle timer: hyper would otherwise not read again until bytes arrive.
+    reader: Mutex<Option<std::task::Waker>>,
 }
 
 #[derive(Clone, Copy)]
@@ -134,7 +137,11 @@ enum Phase {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { in_flight: AtomicUsize::new(0), since: Mutex::new(Phase::Idle(Instant::now())) }
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            since: Mutex::new(Phase::Idle(Instant::now())),
+            reader: Mutex::new(None),
+        }
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -176,6 +183,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *self.0.phase() = Phase::Idle(Instant::now());
+            if let Some(reader) = self.0.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                reader.wake();
+            }
         }
     }
 }
@@ -241,6 +251,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             }
             Poll::Pending => {
                 let Some(deadline) = this.activity.deadline(&this.limits) else {
+                    *this.activity.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
                     return Poll::Pending;
                 };
                 if this.read_timer.deadline() != deadline {

@@ -75,9 +75,8 @@ impl Sessions {
         self.hashes.remove(id);
     }
 
-    #[cfg(test)]
     fn tracked_locks(&self) -> usize {
-        self.locks.lock().unwrap().len()
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -87,6 +86,12 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Registry {
+    /// How many upload sessions this instance keeps state for (locks held or awaited,
+    /// remembered hash states): bounded by the sessions that exist, whatever clients send.
+    pub fn session_state_entries(&self) -> usize {
+        self.sessions.tracked_locks() + self.sessions.hashes.len()
+    }
+
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadState> {
         self.require_writable()?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -120,15 +125,28 @@ impl Registry {
     }
 
     /// Locks a session that exists, and returns its offset as of holding the lock.
+    ///
+    /// A session whose spool is gone is unknown: a power cut can take a spool whose
+    /// directory entry was not yet durable, or cut a publish between moving the spool
+    /// and the commit that closes the session. The client starts the upload again.
     async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, u64)> {
         self.session_offset(repo, id).await?;
         let guard = self.sessions.lock(id).await;
         let offset = self.session_offset(repo, id).await?;
+        if !self.spool.exists(id).await? {
+            tracing::warn!(session = id, "upload session lost its spool (a crash); it is unknown now");
+            self.discard_upload(id).await?;
+            return Err(RegistryError::upload_unknown());
+        }
         Ok((guard, offset))
     }
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
         let offset = self.session_offset(repo, id).await?;
+        if !self.spool.exists(id).await? {
+            // Finishing, or lost: the lock tells which.
+            self.lock_session(repo, id).await?;
+        }
         Ok(UploadState { id: id.to_owned(), offset })
     }
 

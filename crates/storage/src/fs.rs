@@ -43,10 +43,13 @@ impl FsBlobStore {
 
     fn publish_file(&self, staged: &Path, digest: &Digest) -> io::Result<()> {
         let target = self.blob_path(digest);
-        if target.exists() {
-            return remove_if_exists(staged);
-        }
         let dir = target.parent().expect("blob paths have a directory");
+        if target.exists() {
+            // Same bytes; but the entry may be another request's rename that is not
+            // durable yet, and this caller is about to acknowledge it too.
+            remove_if_exists(staged)?;
+            return sync_dir(dir);
+        }
         create_dir_durable(dir)?;
         std::fs::rename(staged, &target)?;
         sync_dir(dir)

@@ -16,17 +16,25 @@ const READ_CHUNK: usize = 512 * 1024;
 
 /// Creates `dir` and any missing parents, fsyncing each parent that gained an entry so
 /// the new directories survive a crash.
+///
+/// Serialised in the process: a directory that another request has just created but
+/// not yet made durable must not look durable to this one (which would then publish
+/// into it and acknowledge a blob a power cut could take). Under the lock, a directory
+/// that exists is durable: created and synced by this process, or found at start-up.
 pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+    create_dirs(dir)
+}
+
+fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-        match std::fs::create_dir(dir) {
-            Ok(()) => sync_dir(parent)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+        create_dirs(parent)?;
+        std::fs::create_dir(dir)?;
+        sync_dir(parent)?;
     }
     Ok(())
 }
@@ -99,8 +107,7 @@ impl AsRef<[u8]> for Tracked {
     }
 }
 
-fn tracked(buf: Vec<u8>) -> Bytes {
-    let reservation = Reservation::new(buf.capacity());
+fn tracked(buf: Vec<u8>, reservation: Reservation) -> Bytes {
     Bytes::from_owner(Tracked(buf, reservation))
 }
 
@@ -122,6 +129,9 @@ pub(crate) async fn read_file(path: PathBuf, range: Option<ByteRange>) -> io::Re
             return None;
         }
         let want = buffer_size(READ_CHUNK).min(usize::try_from(left).unwrap_or(READ_CHUNK));
+        // Counted from the moment the size is chosen: requests arriving together must
+        // see each other's buffers, or they would all pick the largest size.
+        let reservation = Reservation::new(want);
         let reader = file.clone();
         // One stream reads its file sequentially, so the shared cursor is only ever moved
         // by this stream, one piece at a time.
@@ -139,7 +149,7 @@ pub(crate) async fn read_file(path: PathBuf, range: Option<ByteRange>) -> io::Re
             Ok(buf) => {
                 let n = buf.len() as u64;
                 let left = if left == u64::MAX { left } else { left - n };
-                Some((Ok(tracked(buf)), Some((file, left))))
+                Some((Ok(tracked(buf, reservation)), Some((file, left))))
             }
             Err(e) => Some((Err(e), None)),
         }
@@ -156,7 +166,7 @@ mod tests {
         let held = Reservation::new(BUDGET);
         assert_eq!(buffer_size(READ_CHUNK), MIN_BUFFER);
         drop(held);
-        let b = tracked(vec![0u8; 1024]);
+        let b = tracked(vec![0u8; 1024], Reservation::new(1024));
         assert!(buffered_bytes() >= 1024);
         let slice = b.slice(10..20);
         drop(b);

@@ -186,6 +186,20 @@ impl Server {
         }
     }
 
+    /// A handle on the same server whose client opens a new connection for every
+    /// request: reads through it share nothing with earlier requests but the server.
+    pub fn on_same(other: &Server) -> Server {
+        Server {
+            addr: other.addr,
+            base: other.base.clone(),
+            root: other.root.clone(),
+            registry: other.registry.clone(),
+            client: reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap(),
+            task: None,
+            shutdown: None,
+        }
+    }
+
     /// Stops the server as SIGTERM does and waits until it let go of its root (its
     /// database lock), so that another server can open the same root.
     pub async fn stop(mut self) -> Arc<tempfile::TempDir> {

@@ -5,7 +5,9 @@ mod common;
 
 mod blobs;
 mod concurrency;
+mod consistency;
 mod errors;
+mod limits;
 mod listing;
 mod manifests;
 mod referrers;

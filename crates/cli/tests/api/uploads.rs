@@ -343,3 +343,32 @@ async fn purge_idle_uploads() {
     let leftovers = std::fs::read_dir(s.root_path().join("berth/uploads")).unwrap().count();
     assert_eq!(leftovers, 0, "spool files remain after purge");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_leftovers_are_reconciled_at_start_up() {
+    let s = Server::start().await;
+    let kept = s.start_upload("left").await;
+    s.patch(&kept, b"kept", None).await.status(202);
+    let lost = s.start_upload("left").await;
+    let root = s.stop().await;
+    let spools = root.path().join("berth/uploads");
+    // What a power cut can leave: a session whose spool never became durable, and a
+    // spool (or staged manifest) that no session owns.
+    std::fs::remove_file(spools.join(lost.rsplit('/').next().unwrap())).unwrap();
+    let stray = spools.join(UNKNOWN_SESSION);
+    std::fs::write(&stray, b"half a blob").unwrap();
+
+    // Within the grace period nothing is touched: it may belong to a request in flight.
+    let s = Server::on_root(root, &[]).await;
+    let r = s.registry.reconcile_uploads().await.unwrap();
+    assert_eq!((r.spools, r.sessions), (0, 0));
+    let root = s.stop().await;
+
+    let s = Server::on_root(root, &[("REGISTRY_BERTH_UPLOADS_ORPHANGRACE", "0s")]).await;
+    let r = s.registry.reconcile_uploads().await.unwrap();
+    assert_eq!((r.spools, r.sessions), (1, 1));
+    assert!(!stray.exists());
+    s.get(&lost).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+    s.get(&kept).await.status(204).has("range", "0-3");
+    s.finish(&kept, &sha256(b"kept"), None).await.status(201);
+}
