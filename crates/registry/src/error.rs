@@ -91,3 +91,24 @@ impl From<io::Error> for RegistryError {
         RegistryError::from_store("blob store", io_class(&e), &e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_are_told_apart_by_what_the_client_can_do() {
+        let io = |kind| RegistryError::from(io::Error::from(kind)).code;
+        assert_eq!(io(io::ErrorKind::StorageFull), ErrorCode::StorageFull);
+        assert_eq!(io(io::ErrorKind::TimedOut), ErrorCode::Unavailable);
+        assert_eq!(io(io::ErrorKind::PermissionDenied), ErrorCode::Internal);
+        assert_eq!(database_class("13"), ErrorCode::StorageFull);
+        assert_eq!(database_class("517"), ErrorCode::Unavailable, "SQLITE_BUSY_SNAPSHOT");
+        assert_eq!(database_class("53100"), ErrorCode::StorageFull);
+        assert_eq!(database_class("40001"), ErrorCode::Unavailable);
+        assert_eq!(database_class("2067"), ErrorCode::Internal, "a constraint violation is a bug");
+        let pool = RegistryError::from(berth_metadata::Error::PoolTimedOut);
+        assert_eq!((pool.code, pool.code.status()), (ErrorCode::Unavailable, 503));
+        assert_eq!(ErrorCode::StorageFull.status(), 507);
+    }
+}
