@@ -477,34 +477,13 @@ class Checker:
         led = self.ledger
         for key, body in list(led.tried_manifests.items()):
             repo, digest = key
-            if not self.picked("manifest", repo, digest):
-                continue
-            acked = key in led.manifests
-            r = self.call(get_manifest, self.base, repo, digest)
-            if acked and not self.ok(r.status_code == 200,
-                                     f"acknowledged manifest {repo}@{digest} lost: GET -> "
-                                     f"{r.status_code} {_snip(r, 200)}"):
-                del led.manifests[key]
-            elif self.ok(r.status_code in (200, 404),
-                         f"manifest {repo}@{digest}: GET -> {r.status_code} {_snip(r, 200)}") \
-                    and r.status_code == 200:
-                self.ok(r.content == body and r.headers.get("Docker-Content-Digest") == digest,
-                        f"manifest {repo}@{digest} served with wrong bytes: {r.content[:200]!r}")
+            if self.picked("manifest", repo, digest):
+                self._check_manifest(led.manifests, key, f"manifest {repo}@{digest}", body, digest)
         for key, digest in list(led.tried_tags.items()):
             repo, tag = key
-            if not self.picked("tag", repo, tag):
-                continue
-            acked = key in led.tags
-            r = self.call(get_manifest, self.base, repo, tag)
-            if acked and not self.ok(r.status_code == 200,
-                                     f"acknowledged tag {repo}:{tag} lost: GET -> "
-                                     f"{r.status_code} {_snip(r, 200)}"):
-                del led.tags[key]
-            elif self.ok(r.status_code in (200, 404),
-                         f"tag {repo}:{tag}: GET -> {r.status_code} {_snip(r, 200)}") \
-                    and r.status_code == 200:
-                self.ok(r.content == led.tried_manifests[(repo, digest)],
-                        f"tag {repo}:{tag} resolves to wrong bytes: {r.content[:200]!r}")
+            if self.picked("tag", repo, tag):
+                body = led.tried_manifests[(repo, digest)]
+                self._check_manifest(led.tags, key, f"tag {repo}:{tag}", body, digest)
         for repo in REPOS:
             listed = self.tag_list(repo)
             want = {t for (r, t) in led.tags if r == repo}
@@ -521,6 +500,19 @@ class Checker:
                         f"listed tag {repo}:{tag} points at a missing manifest: GET -> "
                         f"{r.status_code} {_snip(r, 200)}")
 
+    def _check_manifest(self, acked_map, key, what, body, digest):
+        """An acknowledged manifest (or tag) must read back as pushed; an unacknowledged
+        one is either absent or complete, never wrong bytes."""
+        repo, ref = key
+        r = self.call(get_manifest, self.base, repo, ref)
+        if key in acked_map and not self.ok(r.status_code == 200,
+                                            f"acknowledged {what} lost: GET -> "
+                                            f"{r.status_code} {_snip(r, 200)}"):
+            del acked_map[key]
+        elif self.ok(r.status_code in (200, 404),
+                     f"{what}: GET -> {r.status_code} {_snip(r, 200)}") and r.status_code == 200:
+            self.ok(r.content == body and r.headers.get("Docker-Content-Digest") == digest,
+                    f"{what} served with wrong bytes: {r.content[:200]!r}")
     def tag_list(self, repo: str) -> set[str]:
         tags: set[str] = set()
         url = f"{self.base}/v2/{repo}/tags/list"

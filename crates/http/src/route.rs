@@ -1,13 +1,12 @@
-//! Requests parsed once into a typed [`Action`]: the method and path decide the
-//! endpoint, and every name, reference and digest it carries is validated here. Dispatch
-//! uses it, and so will authorization: both see the same description of the request.
-//!
-//! Repository names contain `/`, so endpoints are recognised from the right end of the
-//! path: the last one or two segments name the endpoint, the rest is the name.
+//! Requests parsed once into a typed [`Action`]: the path names the endpoint
+//! ([`Endpoint`]), the method picks the action, and every name, reference and digest it
+//! carries is validated here. Dispatch uses it, and so will authorization: both see the
+//! same description of the request.
 
 use crate::error::ApiError;
 use crate::request;
 use axum::http::{Method, Uri};
+use berth_proto::path::Endpoint;
 use berth_proto::{decode_query, Digest, ErrorCode, ListQuery, Reference, RepositoryName};
 
 /// What a request asks the registry to do.
@@ -40,47 +39,6 @@ pub(crate) enum UploadStart {
     Monolithic(Digest),
     /// A cross-repository mount (`?mount=`, optional `from=`).
     Mount(Digest, Option<RepositoryName>),
-}
-
-/// The endpoint a path names, before its parts are validated.
-#[derive(Debug, PartialEq, Eq)]
-enum Endpoint<'a> {
-    Base,
-    Catalog,
-    Tags(&'a str),
-    Manifest(&'a str, &'a str),
-    Blob(&'a str, &'a str),
-    Uploads(&'a str),
-    Upload(&'a str, &'a str),
-    Referrers(&'a str, &'a str),
-}
-
-impl<'a> Endpoint<'a> {
-    fn parse(path: &'a str) -> Option<Endpoint<'a>> {
-        let rest = path.strip_prefix("/v2")?;
-        if rest.is_empty() || rest == "/" {
-            return Some(Endpoint::Base);
-        }
-        let rest = rest.strip_prefix('/')?;
-        if rest == "_catalog" {
-            return Some(Endpoint::Catalog);
-        }
-        if let Some(name) = rest.strip_suffix("/tags/list") {
-            return Some(Endpoint::Tags(name));
-        }
-        if let Some(name) = rest.strip_suffix("/blobs/uploads/").or_else(|| rest.strip_suffix("/blobs/uploads")) {
-            return Some(Endpoint::Uploads(name));
-        }
-        let (head, last) = rest.rsplit_once('/')?;
-        let (name, kind) = head.rsplit_once('/')?;
-        match kind {
-            "manifests" => Some(Endpoint::Manifest(name, last)),
-            "blobs" => Some(Endpoint::Blob(name, last)),
-            "referrers" => Some(Endpoint::Referrers(name, last)),
-            "uploads" => name.strip_suffix("/blobs").map(|name| Endpoint::Upload(name, last)),
-            _ => None,
-        }
-    }
 }
 
 impl Action {
@@ -152,26 +110,6 @@ mod tests {
     }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-    #[test]
-    fn endpoints() {
-        assert_eq!(Endpoint::parse("/v2/"), Some(Endpoint::Base));
-        assert_eq!(Endpoint::parse("/v2"), Some(Endpoint::Base));
-        assert_eq!(Endpoint::parse("/v2/_catalog"), Some(Endpoint::Catalog));
-        assert_eq!(Endpoint::parse("/v2/a/b/tags/list"), Some(Endpoint::Tags("a/b")));
-        assert_eq!(Endpoint::parse("/v2/a/manifests/latest"), Some(Endpoint::Manifest("a", "latest")));
-        assert_eq!(
-            Endpoint::parse("/v2/x/manifests/y/manifests/sha256:ab"),
-            Some(Endpoint::Manifest("x/manifests/y", "sha256:ab"))
-        );
-        assert_eq!(Endpoint::parse("/v2/a/blobs/sha256:00"), Some(Endpoint::Blob("a", "sha256:00")));
-        assert_eq!(Endpoint::parse("/v2/a/b/blobs/uploads/"), Some(Endpoint::Uploads("a/b")));
-        assert_eq!(Endpoint::parse("/v2/a/blobs/uploads/123"), Some(Endpoint::Upload("a", "123")));
-        assert_eq!(Endpoint::parse("/v2/a/referrers/sha256:00"), Some(Endpoint::Referrers("a", "sha256:00")));
-        assert_eq!(Endpoint::parse("/v2/a/other/x"), None);
-        assert_eq!(Endpoint::parse("/v3/a/manifests/x"), None);
-        assert_eq!(Endpoint::parse("/v2/uploads/x"), None);
-    }
 
     #[test]
     fn actions_carry_validated_parts() {

@@ -1,24 +1,55 @@
 use berth_proto::Digest;
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::AnyConnection;
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Executor, Row};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A write transaction, holding the writer lock (SQLite) until it ends.
+/// A write transaction on a connection of its own, holding the writer lock (SQLite)
+/// until it ends.
+///
+/// A transaction that does not end in a successful `COMMIT` or `ROLLBACK` (an error, a
+/// dropped request) closes its connection instead of returning it to the pool. A failed
+/// statement or commit can leave a connection's transaction state out of step with the
+/// driver's bookkeeping (after `SQLITE_FULL` SQLite has already rolled back, and sqlx's
+/// next "transaction" became a savepoint that never commits, so later writes were
+/// acknowledged and lost); a fresh connection has no such state.
 struct WriteTx {
-    tx: Transaction<'static, Any>,
+    conn: PoolConnection<Any>,
+    ended: bool,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
     fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        &mut self.conn
+    }
+
+    async fn end(mut self, sql: &str) -> Result<()> {
+        self.conn.execute(sql).await?;
+        self.ended = true;
+        Ok(())
     }
 
     async fn commit(self) -> Result<()> {
-        self.tx.commit().await
+        self.end("COMMIT").await
+    }
+
+    /// Ends a transaction that changed nothing worth keeping.
+    async fn rollback(self) -> Result<()> {
+        self.end("ROLLBACK").await
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Closing discards whatever the transaction did: both engines roll back an
+            // open transaction when its connection closes.
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -195,7 +226,11 @@ impl MetadataStore {
             Some(w) => Some(w.clone().lock_owned().await),
             None => None,
         };
-        Ok(WriteTx { tx: pool.begin().await?, _guard: guard })
+        let mut tx = WriteTx { conn: pool.acquire().await?, ended: false, _guard: guard };
+        // SQLite: take the write lock now rather than on the first write, so a
+        // transaction never has to upgrade from reading (it cannot fail half-way for that).
+        tx.conn.execute(if self.sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
+        Ok(tx)
     }
 
     // ---- repositories -------------------------------------------------------------
@@ -298,6 +333,8 @@ impl MetadataStore {
             let repo = Self::ensure_repository(&mut tx, repository).await?;
             Self::link(&mut tx, repo, digest, now_millis()).await?;
             tx.commit().await?;
+        } else {
+            tx.rollback().await?;
         }
         Ok(known)
     }
@@ -327,6 +364,7 @@ impl MetadataStore {
         let mut tx = self.begin().await?;
         let repo = Self::ensure_repository(&mut tx, repository).await?;
         if let Some(target) = first_missing(tx.conn(), repo, m).await? {
+            tx.rollback().await?;
             return Err(PutManifestError::Missing(target));
         }
         let now = now_millis();
@@ -417,6 +455,7 @@ impl MetadataStore {
             .fetch_optional(tx.conn())
             .await?
         else {
+            tx.rollback().await?;
             return Ok(false);
         };
         let repo: i64 = repo.try_get(0)?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod listing;
 pub mod manifest;
 pub mod media;
+pub mod path;
 pub mod range;
 pub mod reference;
 

@@ -267,10 +267,12 @@ impl Registry {
         self.discard_upload(id).await
     }
 
+    /// Spool first: its bytes are what a full disk needs back, and a session whose
+    /// spool is gone is already unknown if deleting the row then fails.
     pub(crate) async fn discard_upload(&self, id: &str) -> Result<()> {
-        self.meta.delete_upload(id).await?;
         self.spool.delete(id).await?;
         self.sessions.forget(id);
+        self.meta.delete_upload(id).await?;
         Ok(())
     }
 

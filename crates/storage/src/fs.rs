@@ -71,9 +71,15 @@ impl BlobStore for FsBlobStore {
         let (this, digest) = (self.clone(), digest.clone());
         let staged = self.staging.join(uuid::Uuid::new_v4().to_string());
         blocking(move || {
-            let mut f = File::create(&staged)?;
-            f.write_all(&data)?;
-            f.sync_data()?;
+            let written = File::create(&staged).and_then(|mut f| {
+                f.write_all(&data)?;
+                f.sync_data()
+            });
+            if let Err(e) = written {
+                // A full disk must get its space back now, not after the orphan sweep.
+                remove_if_exists(&staged)?;
+                return Err(e);
+            }
             this.publish_file(&staged, &digest)
         })
         .await
