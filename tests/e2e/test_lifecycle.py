@@ -81,7 +81,9 @@ def test_sigterm_lets_in_flight_upload_finish(registry):
     assert r.status_code == 202
     location = r.headers["Location"]
     path = location[location.index("/v2/"):]
-    data = os.urandom(1 << 20)
+    # Large enough that the first half fills more than one of the spool's write buffers
+    # (1 MiB), so some of it must reach the file while the rest is still to come.
+    data = os.urandom(4 << 20)
     sock = socket.create_connection(("127.0.0.1", registry.port), timeout=30)
     head = (f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()

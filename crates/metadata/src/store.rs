@@ -193,18 +193,29 @@ const BLOB: &str = "blob";
 const MANIFEST: &str = "manifest";
 
 impl MetadataStore {
-    /// Opens the database at `url` (`sqlite://path` today) and brings its schema up to
-    /// date.
+    /// Opens the database at `url` (`sqlite://path` or `postgres://...`) and brings its
+    /// schema up to date. Several instances may start at once on one PostgreSQL database:
+    /// sqlx runs migrations under a PostgreSQL advisory lock, so one migrates and the
+    /// others wait and then find the schema current.
     pub async fn open(url: &str) -> Result<MetadataStore> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
+        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(Error::Configuration(
+                format!("unsupported metadata database URL {url:?}: use sqlite:// or postgres://").into(),
+            ));
+        }
         let lock = match sqlite_path(url) {
             Some(path) => Some(Arc::new(DatabaseLock::acquire(&path)?)),
             None => None,
         };
         let url = if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
         let write = pool(sqlite, "FULL").max_connections(if sqlite { 1 } else { 16 }).connect(&url).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        if sqlite {
+            sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        } else {
+            sqlx::migrate!("./migrations/postgres").run(&write).await?;
+        }
         let offsets = pool(sqlite, "NORMAL").max_connections(if sqlite { 1 } else { 4 }).connect(&url).await?;
         let read = pool(sqlite, "FULL").max_connections(4).min_connections(1).connect(&url).await?;
         let writer = sqlite.then(|| Arc::new(tokio::sync::Mutex::new(())));
@@ -363,14 +374,15 @@ impl MetadataStore {
     ) -> std::result::Result<(), PutManifestError> {
         let mut tx = self.begin().await?;
         let repo = Self::ensure_repository(&mut tx, repository).await?;
-        if let Some(target) = first_missing(tx.conn(), repo, m).await? {
+        if let Some(target) = first_missing(tx.conn(), repo, m, self.lock_clause()).await? {
             tx.rollback().await?;
             return Err(PutManifestError::Missing(target));
         }
         let now = now_millis();
         sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repository_id, digest) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET media_type = excluded.media_type",
         )
         .bind(repo)
         .bind(m.digest.as_str())
@@ -629,20 +641,30 @@ impl MetadataStore {
             return Ok(m.blobs.iter().chain(&m.children).next().map(|d| d.to_string()));
         };
         let repo: i64 = repo.try_get(0)?;
-        first_missing(&mut conn, repo, m).await
+        first_missing(&mut conn, repo, m, "").await
+    }
+
+    /// What a write transaction appends to a `SELECT` of rows it relies on, so that no
+    /// concurrent transaction deletes them before it commits. SQLite needs none: its
+    /// writers run one at a time. PostgreSQL runs them side by side under READ
+    /// COMMITTED, where a checked row could otherwise vanish between check and commit.
+    fn lock_clause(&self) -> &'static str {
+        if self.sqlite {
+            ""
+        } else {
+            " FOR KEY SHARE"
+        }
     }
 }
 
-/// The first reference of `m` not held by repository `repo`.
-async fn first_missing(conn: &mut AnyConnection, repo: i64, m: &NewManifest<'_>) -> Result<Option<String>> {
+/// The first reference of `m` not held by repository `repo`; `lock` (see
+/// [`MetadataStore::lock_clause`]) keeps the rows found until the transaction ends.
+async fn first_missing(conn: &mut AnyConnection, repo: i64, m: &NewManifest<'_>, lock: &str) -> Result<Option<String>> {
     for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
-        let sql = if kind == BLOB {
-            "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2"
-        } else {
-            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2"
-        };
+        let table = if kind == BLOB { "repository_blobs" } else { "manifests" };
+        let sql = format!("SELECT 1 FROM {table} WHERE repository_id = $1 AND digest = $2{lock}");
         for target in targets.iter() {
-            if sqlx::query(sql).bind(repo).bind(target.as_str()).fetch_optional(&mut *conn).await?.is_none() {
+            if sqlx::query(&sql).bind(repo).bind(target.as_str()).fetch_optional(&mut *conn).await?.is_none() {
                 return Ok(Some(target.to_string()));
             }
         }

@@ -7,9 +7,11 @@
 //! GCS, Azure Blob, Swift, ...); both keep blobs under registry:2's keys.
 
 mod fs;
+mod lane;
 mod local;
 mod object;
 mod spool;
+mod tail;
 
 pub use fs::FsBlobStore;
 pub use object::ObjectBlobStore;

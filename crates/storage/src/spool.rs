@@ -1,20 +1,23 @@
 //! Upload spools: one local file per upload session, written at the session's durable
 //! offset while being hashed, and synced before an append is acknowledged.
 
+use crate::lane::Lane;
 use crate::local::{blocking, buffer_size, create_dir_durable, remove_if_exists, sync_dir, Reservation};
+use crate::tail::TailWriter;
 use crate::{AppendError, Appended, ByteStream};
 use berth_proto::{Algorithm, Hasher};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::task::JoinHandle;
 
-/// Bytes handed between the socket task and the disk thread at a time. Large enough to
-/// amortise the hand-off, small enough that many concurrent uploads stay cheap in memory.
-const BATCH: usize = 256 * 1024;
+/// Bytes handed between the socket task and the hashing and disk lanes at a time. Large
+/// enough to amortise the hand-offs; under memory pressure batches shrink (see
+/// [`buffer_size`]), so many concurrent uploads stay cheap.
+const BATCH: usize = 1024 * 1024;
 
 /// The local directory of upload spools.
 #[derive(Clone)]
@@ -46,8 +49,8 @@ impl Spool {
     /// bytes durable before returning. On any error the spool is cut back to `offset`, so
     /// the session is exactly as it was before the call. `max_len` caps the chunk.
     ///
-    /// Batches are hashed and written on the blocking pool one at a time while the next
-    /// batch arrives from the socket; no thread is held while the client is slow.
+    /// Batches are hashed and written on the blocking pool while the next batch arrives
+    /// from the socket; no thread is held while the client is slow.
     pub async fn append(
         &self,
         id: &str,
@@ -57,29 +60,27 @@ impl Spool {
         max_len: Option<u64>,
     ) -> Result<Appended, AppendError> {
         let path = self.path(id);
-        let file = blocking(move || {
-            let mut f = OpenOptions::new().write(true).open(path)?;
+        let tail = blocking(move || {
+            let file = open_locked(&path)?;
             // Bytes past the durable offset are leftovers of a chunk that failed or was
             // cut by a crash; they were never acknowledged.
-            f.set_len(offset)?;
-            f.seek(SeekFrom::Start(offset))?;
-            Ok(f)
+            file.set_len(offset)?;
+            TailWriter::open(file, offset)
         })
         .await?;
-        let writer = Writer { file, hasher, written: offset, flushed: offset };
-        match write_body(writer, body, max_len).await {
-            Ok(w) => {
-                if offset == 0 && w.written > 0 {
+        match write_body(hasher, tail, body, max_len).await {
+            Ok((hasher, end)) => {
+                if offset == 0 && end > 0 {
                     // The first acknowledged bytes of a session: make its spool's directory
                     // entry durable too, so that the session can resume after a power cut.
                     let dir = self.dir.clone();
                     blocking(move || sync_dir(&dir)).await?;
                 }
-                Ok(Appended { offset: w.written, hasher: w.hasher })
+                Ok(Appended { offset: end, hasher })
             }
             Err(e) => {
                 let path = self.path(id);
-                blocking(move || OpenOptions::new().write(true).open(path)?.set_len(offset)).await?;
+                blocking(move || open_locked(&path)?.set_len(offset)).await?;
                 Err(e)
             }
         }
@@ -108,7 +109,7 @@ impl Spool {
     /// Cuts a spool to its verified size: bytes past it belong to a chunk that was never
     /// acknowledged.
     pub(crate) fn truncate_to(&self, id: &str, size: u64) -> io::Result<()> {
-        let file = OpenOptions::new().write(true).open(self.path(id))?;
+        let file = open_locked(&self.path(id))?;
         if file.metadata()?.len() != size {
             file.set_len(size)?;
             file.sync_data()?;
@@ -145,66 +146,71 @@ impl Spool {
     }
 }
 
-/// How much is written before the kernel is asked to start writing it back.
-const WRITEBACK_WINDOW: u64 = 2 * 1024 * 1024;
+/// Opens a spool for writing, waiting for any earlier writer to close it.
+///
+/// A request that is dropped (its client vanished) can leave a batch still being written
+/// on the blocking pool after the session's lock is released; the `flock` held with the
+/// writer's file keeps the next request from cutting or extending the spool until then.
+fn open_locked(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    file.lock()?;
+    Ok(file)
+}
 
-/// The disk side of an append, handed to the blocking pool one batch at a time.
-struct Writer {
-    file: File,
+/// A batch of body chunks on its way to the hashing and disk lanes; it counts against
+/// the transfer budget until both are done with it.
+struct Batch {
+    chunks: Vec<Bytes>,
+    _counted: Reservation,
+}
+
+fn hash(hasher: &mut Hasher, batch: &Batch) -> io::Result<()> {
+    batch.chunks.iter().for_each(|chunk| hasher.update(chunk));
+    Ok(())
+}
+
+fn write(tail: &mut TailWriter, batch: &Batch) -> io::Result<()> {
+    batch.chunks.iter().try_for_each(|chunk| tail.write(chunk))
+}
+
+/// Receives the body into batches that are hashed and written side by side, each in a
+/// lane of its own, while the next batch arrives: a push goes at the speed of the
+/// slowest of the three, not of their sum. Returns the hash state and the new end of the
+/// spool after its final `fdatasync`.
+async fn write_body(
     hasher: Hasher,
-    written: u64,
-    flushed: u64,
-}
-
-impl Writer {
-    fn write(mut self, batch: Vec<Bytes>) -> io::Result<Writer> {
-        for chunk in &batch {
-            self.hasher.update(chunk);
-            self.file.write_all(chunk)?;
-            self.written += chunk.len() as u64;
-        }
-        if self.written - self.flushed >= WRITEBACK_WINDOW {
-            start_writeback(&self.file, self.flushed, self.written - self.flushed);
-            self.flushed = self.written;
-        }
-        Ok(self)
-    }
-}
-
-/// Receives the body into batches and writes each on the blocking pool while the next
-/// one arrives. Returns the writer after its final `fdatasync`.
-async fn write_body(writer: Writer, mut body: ByteStream, max_len: Option<u64>) -> Result<Writer, AppendError> {
-    let mut idle = Some(writer);
-    let mut busy: Option<JoinHandle<io::Result<Writer>>> = None;
+    tail: TailWriter,
+    mut body: ByteStream,
+    max_len: Option<u64>,
+) -> Result<(Hasher, u64), AppendError> {
+    let (hashing, disk) = (Lane::new(hasher, hash), Lane::new(tail, write));
     let mut received = 0u64;
-    let mut batch = Vec::new();
+    let mut chunks = Vec::new();
     let mut batch_len = 0usize;
     let mut target = buffer_size(BATCH);
     loop {
         let done = match body.next().await {
-            Some(Err(e)) => return Err(settle(busy, AppendError::Body(e)).await),
+            Some(Err(e)) => return Err(settle(disk, AppendError::Body(e)).await),
             Some(Ok(chunk)) => {
                 received += chunk.len() as u64;
                 if max_len.is_some_and(|m| received > m) {
-                    return Err(settle(busy, AppendError::TooLong).await);
+                    return Err(settle(disk, AppendError::TooLong).await);
                 }
                 batch_len += chunk.len();
-                batch.push(chunk);
+                chunks.push(chunk);
                 false
             }
             None => true,
         };
         if batch_len > 0 && (batch_len >= target || done) {
-            let writer = match busy.take() {
-                Some(handle) => join(handle).await?,
-                None => idle.take().expect("the writer is idle when no batch is in flight"),
+            let batch = Arc::new(Batch { chunks: std::mem::take(&mut chunks), _counted: Reservation::new(batch_len) });
+            let queued = match hashing.push(batch.clone()).await {
+                Ok(()) => disk.push(batch).await,
+                Err(e) => Err(e),
             };
-            // The batch counts against the transfer budget until it is on disk.
-            let (full, counted) = (std::mem::take(&mut batch), Reservation::new(batch_len));
-            busy = Some(tokio::task::spawn_blocking(move || {
-                let _counted = counted;
-                writer.write(full)
-            }));
+            if let Err(e) = queued {
+                return Err(settle(disk, e.into()).await);
+            }
             batch_len = 0;
             target = buffer_size(BATCH);
         }
@@ -212,37 +218,18 @@ async fn write_body(writer: Writer, mut body: ByteStream, max_len: Option<u64>) 
             break;
         }
     }
-    let writer = match busy {
-        Some(handle) => join(handle).await?,
-        None => idle.expect("the writer is idle when no batch is in flight"),
+    let hasher = match hashing.finish().await {
+        Ok(hasher) => hasher,
+        Err(e) => return Err(settle(disk, e.into()).await),
     };
-    blocking(move || {
-        writer.file.sync_data()?;
-        Ok(writer)
-    })
-    .await
-    .map_err(AppendError::Storage)
+    let tail = disk.finish().await?;
+    let end = blocking(move || tail.finish()).await?;
+    Ok((hasher, end))
 }
 
-async fn join(handle: JoinHandle<io::Result<Writer>>) -> Result<Writer, AppendError> {
-    Ok(handle.await.map_err(io::Error::other)??)
-}
-
-/// Lets a batch in flight finish before the caller cuts the spool back, then reports
-/// `err`.
-async fn settle(busy: Option<JoinHandle<io::Result<Writer>>>, err: AppendError) -> AppendError {
-    if let Some(handle) = busy {
-        let _ = handle.await;
-    }
+/// Lets the batches queued for the disk reach it before the caller cuts the spool back,
+/// then reports `err`.
+async fn settle(disk: Lane<TailWriter, Batch>, err: AppendError) -> AppendError {
+    let _ = disk.finish().await;
     err
-}
-
-/// Starts writing a range back to disk without waiting for it, so the disk works while
-/// the rest of the body arrives and the final fdatasync has little left to do.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a descriptor we own; failure only loses the head start.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }

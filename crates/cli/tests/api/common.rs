@@ -150,6 +150,36 @@ pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Whether the suite runs on PostgreSQL (`BERTH_TEST_POSTGRES` set to a server's URL)
+/// rather than on the default SQLite.
+#[allow(dead_code)] // for tests that only make sense on one engine
+pub fn on_postgres() -> bool {
+    std::env::var_os("BERTH_TEST_POSTGRES").is_some()
+}
+
+/// On PostgreSQL, the database that belongs to a server root: created on first use, so
+/// a server restarted on the same root finds the same metadata, as with SQLite in the
+/// root.
+fn postgres_database_for(root: &Path) -> Option<String> {
+    let admin = std::env::var("BERTH_TEST_POSTGRES").ok()?;
+    let name: String = root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    let name = format!("t{name}");
+    let out = std::process::Command::new("psql")
+        .args([admin.as_str(), "-qXc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || stderr.contains("already exists"), "CREATE DATABASE {name}: {stderr}");
+    let (server, _) = admin.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{server}/{name}"))
+}
+
 impl Server {
     /// A server with deletes enabled on a fresh root.
     pub async fn start() -> Server {
@@ -164,6 +194,9 @@ impl Server {
     /// A server on an existing root (a "restart" of another server).
     pub async fn on_root(root: Arc<tempfile::TempDir>, extra: &[(&str, &str)]) -> Server {
         let mut vars = env(&[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root.path().display().to_string())]);
+        if let Some(url) = postgres_database_for(root.path()) {
+            vars.push(("REGISTRY_BERTH_DATABASE_URL".into(), url));
+        }
         vars.extend(env(extra));
         let config = berth::config::Config::load(None, vars).unwrap();
         let app = berth::build(&config).await.unwrap();

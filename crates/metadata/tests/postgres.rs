@@ -1,0 +1,116 @@
+//! Races only PostgreSQL can show: its write transactions run side by side under READ
+//! COMMITTED, where SQLite runs one writer at a time. Each test forces the interleaving
+//! with a third connection holding a row lock, and watches `pg_stat_activity` for who
+//! waits, so nothing depends on timing. Skipped, with a message, unless
+//! `BERTH_TEST_POSTGRES` names a server (`scripts/test.sh` starts one).
+
+use berth_metadata::{MetadataStore, NewManifest};
+use berth_proto::Digest;
+use sqlx::{Connection, Executor, PgConnection};
+use std::time::Duration;
+
+/// A new, empty database on the test server.
+async fn fresh_database(test: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("BERTH_TEST_POSTGRES") else {
+        eprintln!("{test}: skipped, BERTH_TEST_POSTGRES is not set");
+        return None;
+    };
+    let name = format!("{test}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
+}
+
+/// Returns once at least `n` sessions of this database wait for a lock (polled: the
+/// condition, not the interval, is what the test waits for).
+async fn lock_waiters(conn: &mut PgConnection, n: i64) {
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn manifest(digest: &Digest) -> NewManifest<'_> {
+    NewManifest {
+        digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        content: b"{}",
+        blobs: vec![],
+        children: vec![],
+    }
+}
+
+/// A tag pushed onto a manifest while the manifest is deleted ends with both (the push
+/// came last) or neither (the delete came last), never with a tag listed that points at
+/// nothing. The push is held at its tag by a third connection; the delete must then
+/// wait for the push instead of deleting the manifest under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_pushed_while_its_manifest_is_deleted_never_dangles() {
+    let Some(url) = fresh_database("dangling_tag").await else { return };
+    let store = MetadataStore::open(&url).await.unwrap();
+    let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+    store.put_manifest("app", &manifest(&digest), None).await.unwrap();
+
+    let mut blocker = PgConnection::connect(&url).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    blocker.execute("INSERT INTO tags SELECT id, 'v1', 'none', 0 FROM repositories WHERE name = 'app'").await.unwrap();
+    let mut watcher = PgConnection::connect(&url).await.unwrap();
+
+    let push = tokio::spawn({
+        let (store, digest) = (store.clone(), digest.clone());
+        async move { store.put_manifest("app", &manifest(&digest), Some("v1")).await.map_err(|e| format!("{e:?}")) }
+    });
+    lock_waiters(&mut watcher, 1).await;
+    let mut delete = tokio::spawn({
+        let (store, digest) = (store.clone(), digest.clone());
+        async move { store.delete_manifest("app", &digest).await }
+    });
+    // Either the delete waits for the push (correct), or it finishes under it.
+    let deleted_early = tokio::select! {
+        () = lock_waiters(&mut watcher, 2) => None,
+        done = &mut delete => Some(done),
+    };
+    blocker.execute("ROLLBACK").await.unwrap();
+    push.await.unwrap().unwrap();
+    let deleted = match deleted_early {
+        Some(done) => done,
+        None => delete.await,
+    };
+    assert!(deleted.unwrap().unwrap(), "the manifest existed, so the delete deleted it");
+
+    let repo = store.repository_id("app").await.unwrap().unwrap();
+    let listed = store.tags(repo, "", 10).await.unwrap();
+    let resolved = store.manifest_by_tag("app", "v1").await.unwrap();
+    assert_eq!(
+        listed.contains(&"v1".to_owned()),
+        resolved.is_some(),
+        "tag v1 listed: {listed:?}, resolves: {}",
+        resolved.is_some()
+    );
+}
+
+/// Instances started together on an empty database all come up: one runs the
+/// migrations (under sqlx's advisory lock), the others wait and find the schema current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once() {
+    let Some(url) = fresh_database("concurrent_start").await else { return };
+    let opened = futures_util::future::join_all((0..6).map(|_| MetadataStore::open(&url))).await;
+    for store in opened {
+        store.unwrap();
+    }
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&mut conn).await.unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap().count();
+    assert_eq!(applied, files as i64);
+}
