@@ -37,7 +37,7 @@ step "OCI distribution-spec conformance suite"
 BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh
 
 step "end-to-end tests with real clients"
-BERTH_BIN="$PWD/target/release/berth" python3 -m pytest -q tests/e2e
+BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_POSTGRES="$pg_url" python3 -m pytest -q tests/e2e
 
 step "fuzzing every parser of client input (bounded time per target)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh

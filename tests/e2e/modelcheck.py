@@ -422,8 +422,11 @@ class Checker:
 # ---------------------------------------------------------------------------- clients
 
 def abs_url(base: str, location: str) -> str:
-    if location.startswith("http://") or location.startswith("https://"):
-        return location
+    """`location` on the instance at `base`: an absolute URL keeps only its path, so the
+    next request of a session may go to another instance."""
+    if location.startswith(("http://", "https://")):
+        parts = location.split("/", 3)
+        location = "/" + (parts[3] if len(parts) > 3 else "")
     return base + location
 
 
@@ -440,10 +443,18 @@ class Client:
         self.h = model.hist
         self.pool = model.pool
         self.idx = idx
-        self.base = model.base
         self.s = requests.Session()
         self.rng = random.Random(f"{model.seed}/client/{idx}")
+        # Which instance each request goes to, when there are several: drawn from a
+        # generator of its own so the operations stay those of the seed.
+        self.route = random.Random(f"{model.seed}/route/{idx}")
         self.touched: set[str] = set()
+
+    @property
+    def base(self) -> str:
+        """The base URL of the next request: any of the instances, so a write acknowledged
+        by one is read back through another, and upload sessions move between them."""
+        return self.m.bases[0] if len(self.m.bases) == 1 else self.route.choice(self.m.bases)
 
     # -- plumbing
 
@@ -940,7 +951,7 @@ class Client:
 
 class Model:
     def __init__(self, base_url: str, seed: int, features: Features, run_id: str):
-        self.base = base_url.rstrip("/")
+        self.bases = [u.rstrip("/") for u in base_url.split(",")]
         self.seed = seed
         self.features = features
         self.run_id = run_id
@@ -1024,7 +1035,8 @@ def run_model(base_url: str, seed: int = DEFAULT_SEED, ops: int = DEFAULT_OPS,
 def main(argv=None):
     p = argparse.ArgumentParser(description="Model-based concurrency check of a registry "
                                             "(e.g. a load balancer in front of several Berths).")
-    p.add_argument("url", help="base URL, e.g. http://127.0.0.1:5000")
+    p.add_argument("url", help="base URL, e.g. http://127.0.0.1:5000, or several separated by "
+                               "commas (instances sharing storage; each request picks one)")
     p.add_argument("--seed", type=int, default=int(os.environ.get("MODEL_SEED", DEFAULT_SEED)))
     p.add_argument("--ops", type=int, default=int(os.environ.get("MODEL_OPS", DEFAULT_OPS)),
                    help="operations per client")

@@ -11,8 +11,12 @@ printed at the start and in every failure, so a failure replays:
 load balancer in front of several instances: `python3 tests/e2e/modelcheck.py <url>`.
 """
 import os
+import subprocess
+import uuid
 
-from e2eutil import SERVER_KIND
+import pytest
+
+from e2eutil import SERVER_KIND, RegistryServer
 from modelcheck import (ABSENT, ANY_TAGGED, DEFAULT_CLIENTS, DEFAULT_OPS, DEFAULT_SEED, INF,
                         Checker, Features, History, Op, Pool, run_model)
 
@@ -23,6 +27,36 @@ def test_model_concurrent_clients(registry):
     clients = int(os.environ.get("MODEL_CLIENTS", DEFAULT_CLIENTS))
     run_model(registry.url, seed=seed, ops=ops, clients=clients,
               features=Features.for_server(SERVER_KIND))
+
+
+@pytest.mark.skipif(SERVER_KIND != "berth" or not os.environ.get("BERTH_TEST_POSTGRES"),
+                    reason="needs Berth and a PostgreSQL server (BERTH_TEST_POSTGRES)")
+def test_model_two_instances_sharing_postgres(workdir):
+    """Two Berth processes on one PostgreSQL database and one blob root: every request
+    goes to either, so each read may come from the instance that did not take the write,
+    and upload sessions continue on the other instance."""
+    admin = os.environ["BERTH_TEST_POSTGRES"]
+    name = "model_" + uuid.uuid4().hex[:12]
+    subprocess.run(["psql", admin, "-qXc", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    env = {"REGISTRY_BERTH_DATABASE_URL": admin.rsplit("/", 1)[0] + "/" + name}
+    root = os.path.join(workdir, "shared-root")
+    servers = []
+    try:
+        for i in range(2):
+            d = os.path.join(workdir, f"instance{i}")
+            os.makedirs(d)
+            srv = RegistryServer("berth", d, root=root)
+            srv.extra_env = env
+            servers.append(srv)
+            srv.start()
+        seed = int(os.environ.get("MODEL_SEED", DEFAULT_SEED))
+        run_model(",".join(s.url for s in servers), seed=seed,
+                  ops=int(os.environ.get("MODEL_OPS", DEFAULT_OPS)),
+                  clients=int(os.environ.get("MODEL_CLIENTS", DEFAULT_CLIENTS)),
+                  features=Features.for_server("berth"))
+    finally:
+        for srv in servers:
+            srv.stop()
 
 
 # ---- the checking rule itself, on hand-made histories (no server) ----------------------

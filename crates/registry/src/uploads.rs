@@ -3,7 +3,7 @@
 
 use crate::{Registry, RegistryError, Result};
 use berth_proto::{Algorithm, ByteRange, Digest, ErrorCode, Hasher, RepositoryName};
-use berth_storage::{AppendError, ByteStream};
+use berth_storage::{AppendError, ByteStream, SpoolLock};
 use quick_cache::sync::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -126,19 +126,23 @@ impl Registry {
 
     /// Locks a session that exists, and returns its offset as of holding the lock.
     ///
-    /// A session whose spool is gone is unknown: a power cut can take a spool whose
-    /// directory entry was not yet durable, or cut a publish between moving the spool
-    /// and the commit that closes the session. The client starts the upload again.
-    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, u64)> {
+    /// Two locks: the in-process one queues this process's requests cheaply; the spool's
+    /// `flock` then orders them with other processes sharing the file system, and the
+    /// offset is read only once both are held. A session whose spool is gone is unknown:
+    /// a power cut can take a spool whose directory entry was not yet durable, or cut a
+    /// publish between moving the spool and the commit that closes the session. The
+    /// client starts the upload again.
+    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, SpoolLock, u64)> {
         self.session_offset(repo, id).await?;
         let guard = self.sessions.lock(id).await;
-        let offset = self.session_offset(repo, id).await?;
-        if !self.spool.exists(id).await? {
+        let Some(spool) = self.spool.lock(id).await? else {
+            self.session_offset(repo, id).await?;
             tracing::warn!(session = id, "upload session lost its spool (a crash); it is unknown now");
             self.discard_upload(id).await?;
             return Err(RegistryError::upload_unknown());
-        }
-        Ok((guard, offset))
+        };
+        let offset = self.session_offset(repo, id).await?;
+        Ok((guard, spool, offset))
     }
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
@@ -160,14 +164,15 @@ impl Registry {
         body: ByteStream,
     ) -> Result<UploadState> {
         self.require_writable()?;
-        let (_guard, offset) = self.lock_session(repo, id).await?;
-        let offset = self.append_locked(id, offset, range, len, body).await?;
+        let (_guard, spool, offset) = self.lock_session(repo, id).await?;
+        let offset = self.append_locked(id, &spool, offset, range, len, body).await?;
         Ok(UploadState { id: id.to_owned(), offset })
     }
 
     async fn append_locked(
         &self,
         id: &str,
+        spool: &SpoolLock,
         offset: u64,
         range: Option<ByteRange>,
         len: Option<u64>,
@@ -176,7 +181,7 @@ impl Registry {
         let declared = chunk_length(offset, range, len)?;
         let room = self.room_after(offset, declared)?;
         let hasher = self.hasher_at(id, offset, Algorithm::Sha256).await?;
-        let appended = match self.spool.append(id, offset, hasher, body, declared.or(room)).await {
+        let appended = match self.spool.append(spool, offset, hasher, body, declared.or(room)).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
                 return Err(RegistryError::new(
@@ -240,9 +245,9 @@ impl Registry {
         body: Option<ByteStream>,
     ) -> Result<u64> {
         self.require_writable()?;
-        let (_guard, mut offset) = self.lock_session(repo, id).await?;
+        let (_guard, spool, mut offset) = self.lock_session(repo, id).await?;
         if let Some(body) = body {
-            offset = self.append_locked(id, offset, None, len, body).await?;
+            offset = self.append_locked(id, &spool, offset, None, len, body).await?;
         }
         let actual = self.hasher_at(id, offset, digest.algorithm()).await?.finish();
         if &actual != digest {
@@ -263,7 +268,7 @@ impl Registry {
     /// Cancels a session (`DELETE`).
     pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
         self.require_writable()?;
-        let (_guard, _) = self.lock_session(repo, id).await?;
+        let _locked = self.lock_session(repo, id).await?;
         self.discard_upload(id).await
     }
 

@@ -15,7 +15,7 @@ mod tail;
 
 pub use fs::FsBlobStore;
 pub use object::ObjectBlobStore;
-pub use spool::Spool;
+pub use spool::{Spool, SpoolLock};
 
 pub use berth_proto::ByteRange;
 use berth_proto::{Digest, Hasher};
@@ -94,11 +94,16 @@ mod tests {
 
     pub(crate) async fn conformance(store: &dyn BlobStore, spool: &Spool, spool_dir: &std::path::Path) {
         // Chunked append, resumable hash state, publish, reads with and without a range.
+        assert!(spool.lock("u1").await.unwrap().is_none(), "no spool, nothing to lock");
         spool.create("u1").await.unwrap();
+        let u1 = spool.lock("u1").await.unwrap().unwrap();
+        // Held against every other open of the spool, in this process or another.
+        let other = std::fs::File::open(spool_dir.join("u1")).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
         let a =
-            spool.append("u1", 0, Hasher::new(Algorithm::Sha256), body(vec![b"hello ", b"wor"]), None).await.unwrap();
+            spool.append(&u1, 0, Hasher::new(Algorithm::Sha256), body(vec![b"hello ", b"wor"]), None).await.unwrap();
         assert_eq!(a.offset, 9);
-        let a = spool.append("u1", 9, a.hasher, body(vec![b"ld"]), Some(2)).await.unwrap();
+        let a = spool.append(&u1, 9, a.hasher, body(vec![b"ld"]), Some(2)).await.unwrap();
         let digest = a.hasher.finish();
         assert_eq!(digest, Digest::of(Algorithm::Sha256, b"hello world"));
         assert_eq!(spool.rehash("u1", 11, Algorithm::Sha256).await.unwrap().finish(), digest);
@@ -112,15 +117,16 @@ mod tests {
 
         // A failed or over-long chunk leaves the spool as it was.
         spool.create("u2").await.unwrap();
-        let a = spool.append("u2", 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
+        let u2 = spool.lock("u2").await.unwrap().unwrap();
+        let a = spool.append(&u2, 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
         let broken: ByteStream = futures_util::stream::iter(vec![
             Ok(Bytes::from_static(b"def")),
             Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client went away")),
         ])
         .boxed();
-        let err = spool.append("u2", 3, a.hasher.clone(), broken, None).await.err().unwrap();
+        let err = spool.append(&u2, 3, a.hasher.clone(), broken, None).await.err().unwrap();
         assert!(matches!(err, AppendError::Body(_)));
-        let too_long = spool.append("u2", 3, a.hasher, body(vec![b"defg"]), Some(3)).await.err().unwrap();
+        let too_long = spool.append(&u2, 3, a.hasher, body(vec![b"defg"]), Some(3)).await.err().unwrap();
         assert!(matches!(too_long, AppendError::TooLong));
         assert_eq!(std::fs::read(spool_dir.join("u2")).unwrap(), b"abc");
 
@@ -130,7 +136,16 @@ mod tests {
         store.publish(spool, "u2", &abc, 3).await.unwrap();
         assert_eq!(collect(store.read(&abc, None).await.unwrap()).await, b"abc");
         spool.create("u3").await.unwrap();
-        spool.append("u3", 0, Hasher::new(Algorithm::Sha256), body(vec![b"abc"]), None).await.unwrap();
+        spool
+            .append(
+                &spool.lock("u3").await.unwrap().unwrap(),
+                0,
+                Hasher::new(Algorithm::Sha256),
+                body(vec![b"abc"]),
+                None,
+            )
+            .await
+            .unwrap();
         store.publish(spool, "u3", &abc, 3).await.unwrap();
         assert_eq!(store.stat(&abc).await.unwrap(), Some(3));
 

@@ -33,7 +33,12 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
     }
     if let Some(parent) = dir.parent() {
         create_dirs(parent)?;
-        std::fs::create_dir(dir)?;
+        match std::fs::create_dir(dir) {
+            // Another process on the same root (instances sharing a file system) created
+            // it first; syncing the parent here makes the entry durable either way.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
         sync_dir(parent)?;
     }
     Ok(())

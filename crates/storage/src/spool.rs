@@ -19,6 +19,11 @@ use std::time::SystemTime;
 /// [`buffer_size`]), so many concurrent uploads stay cheap.
 const BATCH: usize = 1024 * 1024;
 
+/// A session's spool, locked by one request (see [`Spool::lock`]) until dropped.
+pub struct SpoolLock {
+    file: File,
+}
+
 /// The local directory of upload spools.
 #[derive(Clone)]
 pub struct Spool {
@@ -45,23 +50,43 @@ impl Spool {
         blocking(move || File::create(path).map(drop)).await
     }
 
-    /// Streams `body` into the spool at `offset`, hashing as it goes, and makes the new
-    /// bytes durable before returning. On any error the spool is cut back to `offset`, so
-    /// the session is exactly as it was before the call. `max_len` caps the chunk.
+    /// Locks a session's spool for one request; `None` when the spool does not exist.
+    ///
+    /// The lock is an `flock`, so it orders requests for one session across processes
+    /// that share the file system, and it outlives a request that is dropped (its client
+    /// vanished) while a batch of its body is still being written on the blocking pool:
+    /// that batch holds a duplicate of the locked descriptor, so the next request waits
+    /// for it instead of cutting or extending the spool under it.
+    pub async fn lock(&self, id: &str) -> io::Result<Option<SpoolLock>> {
+        let path = self.path(id);
+        blocking(move || match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                file.lock()?;
+                Ok(Some(SpoolLock { file }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    /// Streams `body` into the locked spool at `offset`, hashing as it goes, and makes
+    /// the new bytes durable before returning. On any error the spool is cut back to
+    /// `offset`, so the session is exactly as it was before the call. `max_len` caps the
+    /// chunk.
     ///
     /// Batches are hashed and written on the blocking pool while the next batch arrives
     /// from the socket; no thread is held while the client is slow.
     pub async fn append(
         &self,
-        id: &str,
+        spool: &SpoolLock,
         offset: u64,
         hasher: Hasher,
         body: ByteStream,
         max_len: Option<u64>,
     ) -> Result<Appended, AppendError> {
-        let path = self.path(id);
+        let file = spool.file.try_clone()?;
         let tail = blocking(move || {
-            let file = open_locked(&path)?;
             // Bytes past the durable offset are leftovers of a chunk that failed or was
             // cut by a crash; they were never acknowledged.
             file.set_len(offset)?;
@@ -79,8 +104,8 @@ impl Spool {
                 Ok(Appended { offset: end, hasher })
             }
             Err(e) => {
-                let path = self.path(id);
-                blocking(move || open_locked(&path)?.set_len(offset)).await?;
+                let file = spool.file.try_clone()?;
+                blocking(move || file.set_len(offset)).await?;
                 Err(e)
             }
         }
@@ -108,8 +133,9 @@ impl Spool {
 
     /// Cuts a spool to its verified size: bytes past it belong to a chunk that was never
     /// acknowledged.
+    /// The caller holds the session's [`SpoolLock`].
     pub(crate) fn truncate_to(&self, id: &str, size: u64) -> io::Result<()> {
-        let file = open_locked(&self.path(id))?;
+        let file = OpenOptions::new().write(true).open(self.path(id))?;
         if file.metadata()?.len() != size {
             file.set_len(size)?;
             file.sync_data()?;
@@ -140,21 +166,22 @@ impl Spool {
     }
 
     /// Removes a spool; a missing one is not an error.
+    ///
+    /// The spool is emptied first: the caller's [`SpoolLock`] keeps the file open, and
+    /// an unlinked file's blocks stay allocated until its last descriptor closes, while
+    /// a full disk needs them back now (to record that the session is gone).
     pub async fn delete(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
-        blocking(move || remove_if_exists(&path)).await
+        blocking(move || {
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(file) => file.set_len(0)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            remove_if_exists(&path)
+        })
+        .await
     }
-}
-
-/// Opens a spool for writing, waiting for any earlier writer to close it.
-///
-/// A request that is dropped (its client vanished) can leave a batch still being written
-/// on the blocking pool after the session's lock is released; the `flock` held with the
-/// writer's file keeps the next request from cutting or extending the spool until then.
-fn open_locked(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    file.lock()?;
-    Ok(file)
 }
 
 /// A batch of body chunks on its way to the hashing and disk lanes; it counts against
@@ -162,6 +189,12 @@ fn open_locked(path: &Path) -> io::Result<File> {
 struct Batch {
     chunks: Vec<Bytes>,
     _counted: Reservation,
+}
+
+/// The size of the next batch, counted against the budget.
+fn next_batch() -> (usize, Reservation) {
+    let target = buffer_size(BATCH);
+    (target, Reservation::new(target))
 }
 
 fn hash(hasher: &mut Hasher, batch: &Batch) -> io::Result<()> {
@@ -187,7 +220,10 @@ async fn write_body(
     let mut received = 0u64;
     let mut chunks = Vec::new();
     let mut batch_len = 0usize;
-    let mut target = buffer_size(BATCH);
+    // A batch counts against the transfer budget from the moment its size is chosen, as
+    // it fills, not only once it is handed on: a hundred uploads each filling a batch
+    // must see each other's.
+    let (mut target, mut counted) = next_batch();
     loop {
         let done = match body.next().await {
             Some(Err(e)) => return Err(settle(disk, AppendError::Body(e)).await),
@@ -203,7 +239,7 @@ async fn write_body(
             None => true,
         };
         if batch_len > 0 && (batch_len >= target || done) {
-            let batch = Arc::new(Batch { chunks: std::mem::take(&mut chunks), _counted: Reservation::new(batch_len) });
+            let batch = Arc::new(Batch { chunks: std::mem::take(&mut chunks), _counted: counted });
             let queued = match hashing.push(batch.clone()).await {
                 Ok(()) => disk.push(batch).await,
                 Err(e) => Err(e),
@@ -212,7 +248,7 @@ async fn write_body(
                 return Err(settle(disk, e.into()).await);
             }
             batch_len = 0;
-            target = buffer_size(BATCH);
+            (target, counted) = next_batch();
         }
         if done {
             break;
