@@ -1,5 +1,6 @@
 //! Content digests (`sha256:<hex>`, `sha512:<hex>`) and the streaming hasher.
 
+use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::Digest as _;
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +113,9 @@ impl fmt::Debug for Digest {
     }
 }
 
+const SAVED_SHA256: u8 = 1;
+const SAVED_SHA512: u8 = 2;
+
 /// A streaming hasher for either algorithm. `sha2` picks the SHA-NI / AVX2 code path at
 /// run time, so this is hardware accelerated where the CPU allows it.
 #[derive(Clone)]
@@ -142,6 +146,27 @@ impl Hasher {
         }
     }
 
+    /// The hash state as bytes, to be stored with an upload session so that any
+    /// instance can continue the upload without re-reading the bytes already hashed.
+    /// The format is sha2's serialized core state behind a one-byte algorithm tag.
+    pub fn save(&self) -> Vec<u8> {
+        let (tag, state) = match self {
+            Hasher::Sha256(h) => (SAVED_SHA256, h.serialize().to_vec()),
+            Hasher::Sha512(h) => (SAVED_SHA512, h.serialize().to_vec()),
+        };
+        [&[tag][..], &state].concat()
+    }
+
+    /// A hasher from bytes [`Hasher::save`] wrote; `None` for anything else.
+    pub fn restore(saved: &[u8]) -> Option<Hasher> {
+        let (tag, state) = saved.split_first()?;
+        match *tag {
+            SAVED_SHA256 => sha2::Sha256::deserialize(state.try_into().ok()?).ok().map(Hasher::Sha256),
+            SAVED_SHA512 => sha2::Sha512::deserialize(state.try_into().ok()?).ok().map(Hasher::Sha512),
+            _ => None,
+        }
+    }
+
     pub fn finish(self) -> Digest {
         let (name, hex) = match self {
             Hasher::Sha256(h) => ("sha256", hex::encode(h.finalize())),
@@ -154,6 +179,25 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_hash_state_continues_where_it_stopped() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            // Split points inside a block, on a block boundary, and at the very start.
+            for split in [0, 1, 63, 64, 127, 128, 99_999] {
+                let mut first = Hasher::new(alg);
+                first.update(&data[..split]);
+                let mut resumed = Hasher::restore(&first.save()).unwrap();
+                assert_eq!(resumed.algorithm(), alg);
+                resumed.update(&data[split..]);
+                assert_eq!(resumed.finish(), Digest::of(alg, &data), "{alg:?} split at {split}");
+            }
+        }
+        assert!(Hasher::restore(b"").is_none());
+        assert!(Hasher::restore(&[1, 2, 3]).is_none());
+        assert!(Hasher::restore(&[9; 120]).is_none());
+    }
 
     #[test]
     fn parses_supported_digests() {

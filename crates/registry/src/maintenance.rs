@@ -61,7 +61,6 @@ impl Registry {
             }
             let _guard = self.sessions.lock(id).await;
             if !self.spool.exists(id).await? && self.meta.delete_upload(id).await? {
-                self.sessions.forget(id);
                 done.sessions += 1;
             }
         }

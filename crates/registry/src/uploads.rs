@@ -2,9 +2,9 @@
 //! and only a durable, verified blob is published and recorded.
 
 use crate::{Registry, RegistryError, Result};
+use berth_metadata::Upload;
 use berth_proto::{Algorithm, ByteRange, Digest, ErrorCode, Hasher, RepositoryName};
 use berth_storage::{AppendError, ByteStream, SpoolLock};
-use quick_cache::sync::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -15,27 +15,16 @@ pub struct UploadState {
     pub offset: u64,
 }
 
-/// Hash states remembered between chunks. Bounded: an evicted state is rebuilt from the
-/// spool, which is the source of truth.
-const HASH_STATES: usize = 16 * 1024;
-
 /// Per-session bookkeeping on this instance.
 ///
 /// `locks` serialises the chunks of one session (two appends must never write the same
 /// spool at once). An entry exists only while a request holds or waits for it, and only
-/// for sessions that exist in the database, so unknown ids create no state at all.
-/// `hashes` keeps the SHA-256 state a session's last chunk ended with, so the next chunk
-/// does not re-read the spool; a missing or stale state (restart, another instance took
-/// a chunk) is rebuilt from the spool.
+/// for sessions that exist in the database, so unknown ids create no state at all. The
+/// hash state of a session is not kept here but in its database row, written with its
+/// offset, so any instance (or this one after a restart) continues any session.
+#[derive(Default)]
 pub(crate) struct Sessions {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    hashes: Cache<String, (u64, Hasher)>,
-}
-
-impl Default for Sessions {
-    fn default() -> Self {
-        Sessions { locks: Mutex::default(), hashes: Cache::new(HASH_STATES) }
-    }
 }
 
 /// Holds a session's lock; the map entry goes when its last holder does.
@@ -64,17 +53,6 @@ impl Sessions {
         SessionGuard { sessions: self, id: id.to_owned(), guard: Some(lock.lock_owned().await) }
     }
 
-    /// The remembered hash state, if it covers exactly `offset` bytes.
-    fn take_hash(&self, id: &str, offset: u64, alg: Algorithm) -> Option<Hasher> {
-        let (at, hasher) = self.hashes.get(id)?;
-        self.hashes.remove(id);
-        (at == offset && hasher.algorithm() == alg).then_some(hasher)
-    }
-
-    pub(crate) fn forget(&self, id: &str) {
-        self.hashes.remove(id);
-    }
-
     fn tracked_locks(&self) -> usize {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -86,10 +64,10 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Registry {
-    /// How many upload sessions this instance keeps state for (locks held or awaited,
-    /// remembered hash states): bounded by the sessions that exist, whatever clients send.
+    /// How many upload sessions this instance keeps state for (locks held or awaited):
+    /// bounded by the sessions that exist, whatever clients send.
     pub fn session_state_entries(&self) -> usize {
-        self.sessions.tracked_locks() + self.sessions.hashes.len()
+        self.sessions.tracked_locks()
     }
 
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadState> {
@@ -113,18 +91,18 @@ impl Registry {
         Ok(UploadState { id, offset: 0 })
     }
 
-    /// The durable offset of a session that belongs to `repo`.
-    async fn session_offset(&self, repo: &RepositoryName, id: &str) -> Result<u64> {
+    /// A session that belongs to `repo`.
+    async fn session(&self, repo: &RepositoryName, id: &str) -> Result<Upload> {
         if !valid_id(id) {
             return Err(RegistryError::upload_unknown());
         }
         match self.meta.upload(id).await? {
-            Some(u) if u.repository == repo.as_str() => Ok(u.size),
+            Some(u) if u.repository == repo.as_str() => Ok(u),
             _ => Err(RegistryError::upload_unknown()),
         }
     }
 
-    /// Locks a session that exists, and returns its offset as of holding the lock.
+    /// Locks a session that exists, and returns it as of holding the lock.
     ///
     /// Two locks: the in-process one queues this process's requests cheaply; the spool's
     /// `flock` then orders them with other processes sharing the file system, and the
@@ -132,21 +110,21 @@ impl Registry {
     /// a power cut can take a spool whose directory entry was not yet durable, or cut a
     /// publish between moving the spool and the commit that closes the session. The
     /// client starts the upload again.
-    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, SpoolLock, u64)> {
-        self.session_offset(repo, id).await?;
+    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, SpoolLock, Upload)> {
+        self.session(repo, id).await?;
         let guard = self.sessions.lock(id).await;
         let Some(spool) = self.spool.lock(id).await? else {
-            self.session_offset(repo, id).await?;
+            self.session(repo, id).await?;
             tracing::warn!(session = id, "upload session lost its spool (a crash); it is unknown now");
             self.discard_upload(id).await?;
             return Err(RegistryError::upload_unknown());
         };
-        let offset = self.session_offset(repo, id).await?;
-        Ok((guard, spool, offset))
+        let session = self.session(repo, id).await?;
+        Ok((guard, spool, session))
     }
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
-        let offset = self.session_offset(repo, id).await?;
+        let offset = self.session(repo, id).await?.size;
         if !self.spool.exists(id).await? {
             // Finishing, or lost: the lock tells which.
             self.lock_session(repo, id).await?;
@@ -164,23 +142,26 @@ impl Registry {
         body: ByteStream,
     ) -> Result<UploadState> {
         self.require_writable()?;
-        let (_guard, spool, offset) = self.lock_session(repo, id).await?;
-        let offset = self.append_locked(id, &spool, offset, range, len, body).await?;
+        let (_guard, spool, session) = self.lock_session(repo, id).await?;
+        let (offset, _) = self.append_locked(id, &spool, &session, range, len, body).await?;
         Ok(UploadState { id: id.to_owned(), offset })
     }
 
+    /// Appends a chunk to a locked session; returns the new offset and the hash state
+    /// over the bytes before it.
     async fn append_locked(
         &self,
         id: &str,
         spool: &SpoolLock,
-        offset: u64,
+        session: &Upload,
         range: Option<ByteRange>,
         len: Option<u64>,
         body: ByteStream,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Hasher)> {
+        let offset = session.size;
         let declared = chunk_length(offset, range, len)?;
         let room = self.room_after(offset, declared)?;
-        let hasher = self.hasher_at(id, offset, Algorithm::Sha256).await?;
+        let hasher = self.hasher_at(id, session, Algorithm::Sha256).await?;
         let appended = match self.spool.append(spool, offset, hasher, body, declared.or(room)).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
@@ -204,11 +185,10 @@ impl Registry {
                 format!("declared {expected} bytes, received {received}"),
             ));
         }
-        if !self.meta.advance_upload(id, offset, appended.offset).await? {
+        if !self.meta.advance_upload(id, offset, appended.offset, &appended.hasher.save()).await? {
             return Err(RegistryError::new(ErrorCode::RangeInvalid, "upload was modified concurrently"));
         }
-        self.sessions.hashes.insert(id.to_owned(), (appended.offset, appended.hasher));
-        Ok(appended.offset)
+        Ok((appended.offset, appended.hasher))
     }
 
     /// How many more bytes a session at `offset` may take under the blob size limit;
@@ -227,11 +207,15 @@ impl Registry {
         RegistryError::new(ErrorCode::TooLarge, format!("blob exceeds the limit of {max} bytes"))
     }
 
-    /// The hash state over the first `offset` bytes of the spool.
-    async fn hasher_at(&self, id: &str, offset: u64, alg: Algorithm) -> Result<Hasher> {
-        match self.sessions.take_hash(id, offset, alg) {
-            Some(h) => Ok(h),
-            None => Ok(self.spool.rehash(id, offset, alg).await?),
+    /// The hash state over a session's durable bytes: the one saved with its offset, or
+    /// (a session from before hash states were saved, or a digest of the other
+    /// algorithm) rebuilt from the spool.
+    async fn hasher_at(&self, id: &str, session: &Upload, alg: Algorithm) -> Result<Hasher> {
+        let saved = session.hash_state.as_deref().and_then(Hasher::restore);
+        match saved {
+            Some(h) if h.algorithm() == alg => Ok(h),
+            _ if session.size == 0 => Ok(Hasher::new(alg)),
+            _ => Ok(self.spool.rehash(id, session.size, alg).await?),
         }
     }
 
@@ -245,11 +229,13 @@ impl Registry {
         body: Option<ByteStream>,
     ) -> Result<u64> {
         self.require_writable()?;
-        let (_guard, spool, mut offset) = self.lock_session(repo, id).await?;
+        let (_guard, spool, mut session) = self.lock_session(repo, id).await?;
         if let Some(body) = body {
-            offset = self.append_locked(id, &spool, offset, None, len, body).await?;
+            let (offset, hasher) = self.append_locked(id, &spool, &session, None, len, body).await?;
+            session = Upload { size: offset, hash_state: Some(hasher.save()), ..session };
         }
-        let actual = self.hasher_at(id, offset, digest.algorithm()).await?.finish();
+        let offset = session.size;
+        let actual = self.hasher_at(id, &session, digest.algorithm()).await?.finish();
         if &actual != digest {
             self.discard_upload(id).await?;
             return Err(RegistryError::new(
@@ -259,9 +245,9 @@ impl Registry {
             .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
         self.blobs.publish(&self.spool, id, digest, offset).await?;
-        let (meta, name, d, session) = (self.meta.clone(), repo.clone(), digest.clone(), id.to_owned());
-        self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, Some(&session)).await }).await??;
-        self.sessions.forget(id);
+        let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
+        let id = id.to_owned();
+        self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, Some(&id)).await }).await??;
         Ok(offset)
     }
 
@@ -276,7 +262,6 @@ impl Registry {
     /// spool is gone is already unknown if deleting the row then fails.
     pub(crate) async fn discard_upload(&self, id: &str) -> Result<()> {
         self.spool.delete(id).await?;
-        self.sessions.forget(id);
         self.meta.delete_upload(id).await?;
         Ok(())
     }

@@ -59,11 +59,14 @@ CREATE TABLE tags (
 );
 CREATE INDEX tags_by_manifest ON tags (repository_id, manifest_digest);
 
--- Upload sessions: `size` is what the spool holds durably, nothing more.
+-- Upload sessions: `size` is what the spool holds durably, nothing more; `hash_state`
+-- is the hash state over those bytes, written with `size`, so that any instance
+-- continues the upload without re-reading the spool.
 CREATE TABLE uploads (
     id          TEXT PRIMARY KEY,
     repository  TEXT NOT NULL,
     size        BIGINT NOT NULL,
+    hash_state  BYTEA,
     created_at  BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
 );
