@@ -58,6 +58,11 @@ impl Sessions {
     }
 }
 
+/// The hash state saved with a session, if any (and readable).
+fn saved_hasher(session: &Upload) -> Option<Hasher> {
+    session.hash_state.as_deref().and_then(Hasher::restore)
+}
+
 /// Session ids are UUIDs we issued; anything else is unknown without a lookup.
 fn valid_id(id: &str) -> bool {
     uuid::Uuid::try_parse(id).is_ok() && id.len() == 36
@@ -161,7 +166,7 @@ impl Registry {
         let offset = session.size;
         let declared = chunk_length(offset, range, len)?;
         let room = self.room_after(offset, declared)?;
-        let hasher = self.hasher_at(id, session, Algorithm::Sha256).await?;
+        let hasher = self.hasher_at(id, offset, saved_hasher(session), Algorithm::Sha256).await?;
         let appended = match self.spool.append(spool, offset, hasher, body, declared.or(room)).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
@@ -207,15 +212,14 @@ impl Registry {
         RegistryError::new(ErrorCode::TooLarge, format!("blob exceeds the limit of {max} bytes"))
     }
 
-    /// The hash state over a session's durable bytes: the one saved with its offset, or
-    /// (a session from before hash states were saved, or a digest of the other
-    /// algorithm) rebuilt from the spool.
-    async fn hasher_at(&self, id: &str, session: &Upload, alg: Algorithm) -> Result<Hasher> {
-        let saved = session.hash_state.as_deref().and_then(Hasher::restore);
+    /// The `alg` hash state over a session's first `size` bytes: `saved` if it is of
+    /// that algorithm, else (a session from before hash states were saved, or a digest
+    /// of the other algorithm) rebuilt from the spool.
+    async fn hasher_at(&self, id: &str, size: u64, saved: Option<Hasher>, alg: Algorithm) -> Result<Hasher> {
         match saved {
             Some(h) if h.algorithm() == alg => Ok(h),
-            _ if session.size == 0 => Ok(Hasher::new(alg)),
-            _ => Ok(self.spool.rehash(id, session.size, alg).await?),
+            _ if size == 0 => Ok(Hasher::new(alg)),
+            _ => Ok(self.spool.rehash(id, size, alg).await?),
         }
     }
 
@@ -229,13 +233,15 @@ impl Registry {
         body: Option<ByteStream>,
     ) -> Result<u64> {
         self.require_writable()?;
-        let (_guard, spool, mut session) = self.lock_session(repo, id).await?;
-        if let Some(body) = body {
-            let (offset, hasher) = self.append_locked(id, &spool, &session, None, len, body).await?;
-            session = Upload { size: offset, hash_state: Some(hasher.save()), ..session };
-        }
-        let offset = session.size;
-        let actual = self.hasher_at(id, &session, digest.algorithm()).await?.finish();
+        let (_guard, spool, session) = self.lock_session(repo, id).await?;
+        let (offset, saved) = match body {
+            Some(body) => {
+                let (offset, hasher) = self.append_locked(id, &spool, &session, None, len, body).await?;
+                (offset, Some(hasher))
+            }
+            None => (session.size, saved_hasher(&session)),
+        };
+        let actual = self.hasher_at(id, offset, saved, digest.algorithm()).await?.finish();
         if &actual != digest {
             self.discard_upload(id).await?;
             return Err(RegistryError::new(

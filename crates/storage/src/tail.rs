@@ -80,7 +80,7 @@ impl TailWriter {
                     let n = buf.fill(data);
                     data = &data[n..];
                     if buf.is_full() {
-                        write_direct(&self.file, buf.filled(), *base)?;
+                        self.file.write_all_at(buf.filled(), *base)?;
                         *base += buf.len as u64;
                         buf.len = 0;
                     }
@@ -104,17 +104,13 @@ impl TailWriter {
             if buf.len > 0 {
                 // The last partial block goes out padded to a whole block; the file is
                 // then cut back to its real length.
-                write_direct(&self.file, buf.padded(), *base)?;
+                self.file.write_all_at(buf.padded(), *base)?;
                 self.file.set_len(self.end)?;
             }
         }
         self.file.sync_data()?;
         Ok(self.end)
     }
-}
-
-fn write_direct(file: &File, data: &[u8], at: u64) -> io::Result<()> {
-    file.write_all_at(data, at)
 }
 
 /// Turns `O_DIRECT` on for `file`. Fails where the file system has no direct I/O.
