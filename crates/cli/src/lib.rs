@@ -50,7 +50,48 @@ fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
             headers.push((header.clone(), value));
         }
     }
-    Ok(EdgeOptions { relative_urls: config.http.relativeurls, headers, body_timeout: config.berth.http.bodytimeout })
+    let trusted_proxies = config
+        .berth
+        .http
+        .trustedproxies
+        .iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).with_context(
+                || format!("invalid `berth.http.trustedproxies` entry {p:?}: expected an address or CIDR"),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(EdgeOptions {
+        relative_urls: config.http.relativeurls,
+        headers,
+        body_timeout: config.berth.http.bodytimeout,
+        trusted_proxies,
+    })
+}
+
+/// TLS from `http.tls`, if configured.
+fn tls(config: &Config) -> anyhow::Result<Option<berth_http::Tls>> {
+    let Some(tls) = &config.http.tls else { return Ok(None) };
+    if tls.letsencrypt.is_some() {
+        bail!("`http.tls.letsencrypt` is not supported: give `http.tls.certificate` and `http.tls.key`");
+    }
+    if !tls.clientcas.is_empty() {
+        bail!("`http.tls.clientcas` (client certificates) is not supported yet");
+    }
+    let tls13_only = match tls.minimumtls.as_deref().unwrap_or("tls1.2") {
+        "tls1.2" => false,
+        "tls1.3" => true,
+        other => bail!(
+            "invalid `http.tls.minimumtls` {other:?}: expected tls1.2 or tls1.3 (older versions are never offered)"
+        ),
+    };
+    let settings = berth_http::TlsSettings {
+        certificate: tls.certificate.clone(),
+        key: tls.key.clone(),
+        tls13_only,
+        reload_every: config.berth.http.tlsreload,
+    };
+    Ok(Some(berth_http::Tls::load(settings)?))
 }
 
 /// The listener's limits from `berth.http`.
@@ -82,7 +123,8 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     tokio::spawn(maintain_uploads(app.registry.clone(), config.storage.maintenance.uploadpurging.clone()));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
-    berth_http::serve(listener, app.router, server_limits(&config), shutdown_signal()).await?;
+    let tls = tls(&config)?;
+    berth_http::serve(listener, app.router, server_limits(&config), tls, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub http: Http,
     #[serde(default)]
     pub storage: Storage,
+    #[serde(default)]
+    pub auth: Auth,
     /// registry:2's health checks; Berth's readiness is `GET /v2/`, so these are
     /// accepted and have no effect.
     #[serde(default)]
@@ -69,6 +71,73 @@ pub struct Http {
     /// Headers added to every response.
     #[serde(default)]
     pub headers: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+/// `http.tls`: serve HTTPS (and HTTP/2 through ALPN) with these files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM bundles of CAs whose client certificates are accepted (mTLS).
+    #[serde(default)]
+    pub clientcas: Vec<PathBuf>,
+    /// `tls1.2` (default) or `tls1.3`; older versions are never offered.
+    pub minimumtls: Option<String>,
+    /// registry:2's cipher-suite list; rustls offers only modern suites, so this is
+    /// accepted and has no effect.
+    #[serde(default)]
+    pub ciphersuites: Option<Value>,
+    /// registry:2's ACME settings: not supported, refused at start-up if set.
+    #[serde(default)]
+    pub letsencrypt: Option<Value>,
+}
+
+/// `auth`: registry:2's authentication drivers (one at a time).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub htpasswd: Option<Htpasswd>,
+    pub token: Option<ExternalToken>,
+    /// registry:2's test-only driver: refused at start-up.
+    #[serde(default)]
+    pub silly: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Htpasswd {
+    /// The realm of the `Basic` challenge.
+    pub realm: Option<String>,
+    /// An htpasswd file with bcrypt entries (`htpasswd -Bbn user password`).
+    pub path: PathBuf,
+}
+
+/// Tokens from an external token server, as registry:2's `auth.token`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalToken {
+    /// Where clients get tokens (the challenge's `realm`).
+    pub realm: String,
+    /// The token audience this registry accepts (the challenge's `service`).
+    pub service: String,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// PEM certificates whose keys sign tokens (by `x5c` chain or by key id).
+    pub rootcertbundle: Option<PathBuf>,
+    /// A JWKS file with the signing keys.
+    pub jwks: Option<PathBuf>,
+    /// registry:2's redirect of `/v2/` challenges: accepted, no effect.
+    #[serde(default)]
+    pub autoredirect: Option<Value>,
+    #[serde(default)]
+    pub autoredirectpath: Option<Value>,
+    #[serde(default)]
+    pub signingalgorithms: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +237,108 @@ pub struct Berth {
     pub allowunauthenticated: bool,
     #[serde(default)]
     pub http: BerthHttp,
+    #[serde(default)]
+    pub auth: BerthAuth,
+}
+
+/// Berth's own authentication and authorization settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BerthAuth {
+    /// Berth's built-in token service: clients are challenged with `Bearer` and fetch
+    /// short-lived tokens from `/auth/token` with their password.
+    pub token: BuiltinToken,
+    /// What callers may do with repositories that belong to no namespace.
+    pub defaultaccess: DefaultAccess,
+    /// An administrator created at first start if no user of that name exists.
+    pub admin: Option<BootstrapAdmin>,
+    /// Failed logins allowed per user and per client address within `window`.
+    pub loginlimit: LoginLimit,
+    /// How long a verified password is remembered, so that bcrypt and argon2 (slow on
+    /// purpose) do not run on every request.
+    #[serde(with = "duration")]
+    pub credentialcache: Duration,
+}
+
+impl Default for BerthAuth {
+    fn default() -> Self {
+        BerthAuth {
+            token: BuiltinToken::default(),
+            defaultaccess: DefaultAccess::default(),
+            admin: None,
+            loginlimit: LoginLimit::default(),
+            credentialcache: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinToken {
+    pub enabled: bool,
+    /// The audience of issued tokens and the challenge's `service`.
+    pub service: String,
+    /// The `iss` of issued tokens.
+    pub issuer: String,
+    /// Lifetime of access tokens.
+    #[serde(with = "duration")]
+    pub expiration: Duration,
+    /// Lifetime of refresh tokens (`offline_token=true`).
+    #[serde(with = "duration")]
+    pub refreshexpiration: Duration,
+    /// The token endpoint as clients reach it; default: `/auth/token` on the host the
+    /// client used.
+    pub realm: Option<String>,
+}
+
+impl Default for BuiltinToken {
+    fn default() -> Self {
+        BuiltinToken {
+            enabled: false,
+            service: "berth".into(),
+            issuer: "berth".into(),
+            expiration: Duration::from_secs(300),
+            refreshexpiration: Duration::from_secs(7 * 24 * 3600),
+            realm: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultAccess {
+    /// `none` or `pull`.
+    pub anonymous: String,
+    /// `none`, `pull`, `push` or `delete` (registry:2 lets every signed-in user do
+    /// everything, which `delete` keeps).
+    pub authenticated: String,
+}
+
+impl Default for DefaultAccess {
+    fn default() -> Self {
+        DefaultAccess { anonymous: "none".into(), authenticated: "delete".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapAdmin {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginLimit {
+    pub failures: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for LoginLimit {
+    fn default() -> Self {
+        LoginLimit { failures: 10, window: Duration::from_secs(60) }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +361,12 @@ pub struct BerthHttp {
     pub maxheaderbytes: usize,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub maxconnections: usize,
+    /// Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-*` headers are
+    /// believed; from anyone else they are ignored.
+    pub trustedproxies: Vec<String>,
+    /// How often certificate files are checked for changes.
+    #[serde(with = "duration")]
+    pub tlsreload: Duration,
 }
 
 impl Default for BerthHttp {
@@ -201,6 +378,8 @@ impl Default for BerthHttp {
             sendtimeout: Duration::from_secs(60),
             maxheaderbytes: 64 * 1024,
             maxconnections: 4096,
+            trustedproxies: Vec::new(),
+            tlsreload: Duration::from_secs(10),
         }
     }
 }
@@ -333,17 +512,37 @@ fn apply_env(tree: &mut Value, key: &str, path: &str, value: &str) -> anyhow::Re
     for part in &parts[..parts.len() - 1] {
         let map = node.as_mapping_mut().with_context(|| format!("{key}: `{part}` is not a section"))?;
         let child = map.entry(Value::String(part.clone())).or_insert(Value::Null);
-        if child.is_null() {
-            *child = Value::Mapping(Mapping::new());
-        }
+        *child = match std::mem::take(child) {
+            Value::Null => Value::Mapping(Mapping::new()),
+            // `REGISTRY_AUTH=htpasswd` named the driver; its settings go inside it.
+            Value::String(driver) => driver_section(driver),
+            other => other,
+        };
         node = child;
     }
     let map = node.as_mapping_mut().with_context(|| format!("{key}: not inside a section"))?;
+    let leaf = Value::String(parts[parts.len() - 1].clone());
     // Values are YAML scalars, so `true` and `5000` get their natural types.
     let parsed = serde_yaml_ng::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_owned()));
     let parsed = if parsed.is_null() { Value::String(value.to_owned()) } else { parsed };
-    map.insert(Value::String(parts[parts.len() - 1].clone()), parsed);
+    match (map.get_mut(&leaf), parsed) {
+        // The driver's name after its settings (`REGISTRY_AUTH_HTPASSWD_PATH`, then
+        // `REGISTRY_AUTH=htpasswd`): the settings stay.
+        (Some(Value::Mapping(section)), Value::String(driver)) => {
+            section.entry(Value::String(driver)).or_insert_with(|| Value::Mapping(Mapping::new()));
+        }
+        (_, parsed) => {
+            map.insert(leaf, parsed);
+        }
+    }
     Ok(())
+}
+
+/// registry:2's driver sections (`auth`, `storage`) may be named by a bare string.
+fn driver_section(driver: String) -> Value {
+    let mut section = Mapping::new();
+    section.insert(Value::String(driver), Value::Mapping(Mapping::new()));
+    Value::Mapping(section)
 }
 
 #[cfg(test)]
@@ -391,6 +590,27 @@ mod tests {
         assert!(err.to_string().contains("storage.delete.enabled"), "{err}");
         let c = Config::load(None, env(&[("REGISTRY_LOG_LEVEL", "loud")])).unwrap();
         assert!(c.log_level().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn auth_driver_named_by_its_variable_in_either_order() {
+        let vars = [
+            ("REGISTRY_AUTH", "htpasswd"),
+            ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+        ];
+        for order in [vars.to_vec(), vars.iter().rev().copied().collect()] {
+            let c = Config::load(None, env(&order)).unwrap();
+            let h = c.auth.htpasswd.expect("htpasswd configured");
+            assert_eq!(h.path, PathBuf::from("/auth/htpasswd"));
+            assert_eq!(h.realm.as_deref(), Some("Registry Realm"));
+        }
+        let c = Config::load(
+            None,
+            env(&[("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem"), ("REGISTRY_HTTP_TLS_KEY", "/k.pem")]),
+        )
+        .unwrap();
+        assert_eq!(c.http.tls.unwrap().key, PathBuf::from("/k.pem"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What every response shares: request ids, the access log, the API version header,
 //! operator-configured headers, and how URLs in `Location` headers are built.
 
+use crate::server::ClientAddr;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -9,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Router;
 use berth_proto::ErrorCode;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -24,16 +26,26 @@ pub struct EdgeOptions {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `berth.http.bodytimeout`: the longest a request body may stall.
     pub body_timeout: Duration,
+    /// `berth.http.trustedproxies`: peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
+
+/// The address of the client a request comes from: the connection's peer, or, when
+/// that peer is a trusted proxy, the last address it forwarded for that is not itself
+/// a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
-/// Layers, outermost first: request id, the request's span and access log, panic
-/// recovery, then the router.
+/// Layers, outermost first: request id, the request's span and access log, what a
+/// proxy forwarded, panic recovery, then the router.
 pub(crate) fn wrap(router: Router, options: Arc<EdgeOptions>) -> Router {
+    let forwarded_options = options.clone();
     router
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(move |req, next| forwarded(forwarded_options.clone(), req, next)))
         .layer(middleware::from_fn(move |req, next| access_log(options.clone(), req, next)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -64,6 +76,34 @@ pub fn log_panics() {
     }));
 }
 
+const FORWARDED_HEADERS: [&str; 4] = ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-for", "forwarded"];
+
+/// Drops `X-Forwarded-*` unless the peer is a trusted proxy, so that nothing later
+/// (`Location` URLs, token realms, rate limits) can be steered by a client's headers,
+/// and records the client's address.
+async fn forwarded(options: Arc<EdgeOptions>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let trusted = |ip: &IpAddr| options.trusted_proxies.iter().any(|net| net.contains(ip));
+    let client = match peer {
+        Some(peer) if trusted(&peer) => {
+            let hops = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            let hops: Vec<IpAddr> = hops.flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
+            Some(hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer))
+        }
+        Some(peer) => {
+            for name in FORWARDED_HEADERS {
+                req.headers_mut().remove(name);
+            }
+            Some(peer)
+        }
+        None => None,
+    };
+    if let Some(ip) = client {
+        req.extensions_mut().insert(ClientIp(ip));
+    }
+    next.run(req).await
+}
+
 /// One log line per request, with the request id clients and proxies can quote, and a
 /// span around the request so that every line logged while serving it carries the id.
 async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Response {
@@ -71,6 +111,7 @@ async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Resp
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0.ip().to_string()).unwrap_or_default();
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut resp = next.run(req).instrument(span).await;
     let headers = resp.headers_mut();
@@ -81,6 +122,7 @@ async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Resp
     tracing::info!(
         target: "berth::access",
         request_id,
+        peer,
         %method,
         path,
         status = resp.status().as_u16(),
@@ -98,7 +140,8 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// The URL of `path` as the client reached us: absolute like registry:2 unless
-/// `http.relativeurls` is set, honouring the headers a TLS-terminating proxy adds.
+/// `http.relativeurls` is set, honouring the headers a trusted TLS-terminating proxy
+/// adds (from anyone else they were dropped by [`forwarded`]).
 pub(crate) fn url(options: &EdgeOptions, headers: &HeaderMap, path: &str) -> String {
     let host = headers
         .get("x-forwarded-host")
@@ -157,7 +200,12 @@ mod tests {
         let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         log_panics();
-        let options = Arc::new(EdgeOptions { relative_urls: false, headers: Vec::new(), body_timeout: Duration::ZERO });
+        let options = Arc::new(EdgeOptions {
+            relative_urls: false,
+            headers: Vec::new(),
+            body_timeout: Duration::ZERO,
+            trusted_proxies: Vec::new(),
+        });
         let routes: Router = Router::new()
             .route("/boom", get(|| async { panic!("handler bug") as &'static str }))
             .route("/warn", get(|| async { tracing::warn!("inside a request") }));

@@ -11,6 +11,7 @@ mod manifests;
 mod request;
 mod route;
 mod server;
+mod tls;
 mod uploads;
 
 use axum::body::Body;
@@ -23,8 +24,9 @@ use error::ApiError;
 use route::Action;
 use std::sync::Arc;
 
-pub use edge::{log_panics, EdgeOptions};
-pub use server::{serve, ServerLimits};
+pub use edge::{log_panics, ClientIp, EdgeOptions};
+pub use server::{serve, ClientAddr, ServerLimits};
+pub use tls::{Tls, TlsSettings};
 
 #[derive(Clone)]
 struct App {

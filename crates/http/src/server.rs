@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+
+use crate::tls::Tls;
 
 /// Limits of the listener, from `berth.http`.
 #[derive(Debug, Clone)]
@@ -49,12 +51,20 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
-/// waits for the requests in flight.
+/// The address a connection came from, in every request's extensions: rate limits and
+/// the trusted-proxy check use it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+type Builder = auto::Builder<TokioExecutor>;
+
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`
+/// completes, then stops accepting and waits for the requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -76,7 +86,7 @@ pub async fn serve(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -90,25 +100,26 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched::new(stream, activity.clone(), limits.clone()));
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let in_flight = InFlight::begin(activity.clone());
-            let router = router.clone();
-            async move {
-                let resp = router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
-                Ok::<Response, std::convert::Infallible>(
-                    resp.map(|b| Body::new(Guarded { inner: b, _in_flight: in_flight })),
-                )
-            }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        let conn = graceful.watch(conn.into_owned());
+        let watched = Watched::new(stream, activity.clone(), limits.clone());
+        let connection = Connection {
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            router: router.clone(),
+            activity,
+            peer: ClientAddr(peer),
+        };
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            // Errors here are the client's (reset, timeout, malformed head): hyper has
-            // already answered what could be answered.
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => connection.run(watched).await,
+                // The handshake runs in the connection's own task, so a slow one holds up
+                // nobody else; it gets as long as a request head.
+                Some(tls) => match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(watched)).await {
+                    Ok(Ok(stream)) => connection.run(stream).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
             drop(permit);
         });
@@ -116,6 +127,43 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// One accepted connection, ready to be served once its transport is set up.
+struct Connection {
+    builder: Arc<Builder>,
+    graceful: Watcher,
+    router: Router,
+    activity: Arc<Activity>,
+    peer: ClientAddr,
+}
+
+impl Connection {
+    async fn run<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { builder, graceful, router, activity, peer } = self;
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let in_flight = InFlight::begin(activity.clone());
+            let router = router.clone();
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(peer);
+            async move {
+                let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+                Ok::<Response, std::convert::Infallible>(
+                    resp.map(|b| Body::new(Guarded { inner: b, _in_flight: in_flight })),
+                )
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = graceful.watch(conn.into_owned());
+        // Errors here are the client's (reset, timeout, malformed head): hyper has
+        // already answered what could be answered.
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Whether a connection is idle, receiving a head, or serving requests.

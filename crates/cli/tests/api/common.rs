@@ -205,7 +205,7 @@ impl Server {
         let (router, limits) = (app.router, berth::server_limits(&config));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            berth_http::serve(listener, router, limits, async move { stop.await.unwrap_or(()) }).await.unwrap()
+            berth_http::serve(listener, router, limits, None, async move { stop.await.unwrap_or(()) }).await.unwrap()
         });
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         Server {

@@ -299,9 +299,15 @@ async fn session_survives_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn location_headers() {
-    let s = Server::start().await;
+    // Forwarded headers steer Location only when a trusted proxy sends them.
     let fwd = [("x-forwarded-proto", "https"), ("x-forwarded-host", "registry.example.com")];
+    let s = Server::start().await;
     let r = s.send(Method::POST, "/v2/loc/blobs/uploads/", &fwd, None).await;
+    r.status(202);
+    let location = r.header("location");
+    assert!(location.starts_with(&format!("http://{}/v2/loc/blobs/uploads/", s.addr)), "{location}");
+    let proxied = Server::with_env(&[("REGISTRY_BERTH_HTTP_TRUSTEDPROXIES", "[10.0.0.0/8, 127.0.0.1]")]).await;
+    let r = proxied.send(Method::POST, "/v2/loc/blobs/uploads/", &fwd, None).await;
     r.status(202);
     let location = r.header("location");
     assert!(location.starts_with("https://registry.example.com/v2/loc/blobs/uploads/"), "{location}");
