@@ -16,14 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// driver's bookkeeping (after `SQLITE_FULL` SQLite has already rolled back, and sqlx's
 /// next "transaction" became a savepoint that never commits, so later writes were
 /// acknowledged and lost); a fresh connection has no such state.
-struct WriteTx {
+pub(crate) struct WriteTx {
     conn: PoolConnection<Any>,
     ended: bool,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
-    fn conn(&mut self) -> &mut AnyConnection {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
         &mut self.conn
     }
 
@@ -33,7 +33,7 @@ impl WriteTx {
         Ok(())
     }
 
-    async fn commit(self) -> Result<()> {
+    pub(crate) async fn commit(self) -> Result<()> {
         self.end("COMMIT").await
     }
 
@@ -231,7 +231,11 @@ impl MetadataStore {
         self._lock.is_some()
     }
 
-    async fn begin(&self) -> Result<WriteTx> {
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    pub(crate) async fn begin(&self) -> Result<WriteTx> {
         self.begin_on(&self.write).await
     }
 

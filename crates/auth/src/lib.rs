@@ -1,0 +1,475 @@
+//! Who is calling and what they may do: passwords (htpasswd files with bcrypt, users in
+//! the metadata database with argon2id), the built-in token service, and the access
+//! rules applied to every request.
+//!
+//! The HTTP edge turns headers into [`Credentials`], asks [`Authenticator::authenticate`]
+//! for a [`Caller`], and [`Authenticator::access`] for what that caller may do with a
+//! repository. Nothing here knows HTTP.
+
+mod htpasswd;
+mod limiter;
+mod password;
+pub mod scope;
+mod tokens;
+
+pub use password::{hash_argon2, StoredHash};
+pub use scope::{Actions, Resource, Scope};
+pub use tokens::{AccessEntry, Claims};
+
+use anyhow::Context;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use berth_metadata::{MetadataStore, UserRecord};
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokens::{unix_now, TokenKeys};
+
+/// Authentication settings, from `auth` and `berth.auth`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `auth.htpasswd`: the file and the realm of the `Basic` challenge.
+    pub htpasswd: Option<(PathBuf, String)>,
+    /// `berth.auth.token`, when enabled.
+    pub token: Option<TokenSettings>,
+    /// What anonymous and signed-in callers may do with repositories in no namespace.
+    pub anonymous: Actions,
+    pub authenticated: Actions,
+    /// An administrator to create at first start.
+    pub bootstrap_admin: Option<(String, String)>,
+    pub login_failures: u32,
+    pub login_window: Duration,
+    pub credential_cache: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub service: String,
+    pub issuer: String,
+    pub expiration: Duration,
+    pub refresh_expiration: Duration,
+    /// The token endpoint's URL when it is not this server's `/auth/token`.
+    pub realm: Option<String>,
+}
+
+/// How clients are told to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic {
+        realm: String,
+    },
+    /// `realm: None` means this server's own token endpoint.
+    Bearer {
+        realm: Option<String>,
+        service: String,
+    },
+}
+
+/// What a request presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+/// Who a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    User { name: String, admin: bool },
+}
+
+impl Principal {
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Anonymous => "",
+            Principal::User { name, .. } => name,
+        }
+    }
+}
+
+/// An authenticated request's caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// A bearer token's grants: the request may do no more than these, whatever the
+    /// principal could. `None` for password and anonymous callers.
+    pub token: Option<Arc<Vec<Scope>>>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller { principal: Principal::Anonymous, token: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No usable credentials: the client should authenticate (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Too many failed sign-ins from this user or address.
+    #[error("too many failed sign-ins: try again in {} s", retry_after.as_secs())]
+    TooManyAttempts { retry_after: Duration },
+    /// A token request the service cannot serve (400).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication backend failed: {0}")]
+    Backend(String),
+}
+
+impl From<berth_metadata::Error> for AuthError {
+    fn from(e: berth_metadata::Error) -> Self {
+        AuthError::Backend(e.to_string())
+    }
+}
+
+impl From<tokens::TokenError> for AuthError {
+    fn from(e: tokens::TokenError) -> Self {
+        match e {
+            tokens::TokenError::Invalid(m) => AuthError::Unauthenticated(format!("invalid token: {m}")),
+            tokens::TokenError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Password checks that run at once: each holds a core for tens of milliseconds.
+const CONCURRENT_HASHES: usize = 4;
+
+pub struct Authenticator {
+    settings: AuthSettings,
+    challenge: Challenge,
+    meta: MetadataStore,
+    htpasswd: Option<htpasswd::Htpasswd>,
+    tokens: Option<TokenKeys>,
+    limiter: limiter::LoginLimiter,
+    /// Passwords verified recently, keyed by a keyed hash of user, stored hash and
+    /// password: a wrong password, or one whose stored hash changed, misses.
+    verified: quick_cache::sync::Cache<[u8; 32], Instant>,
+    verified_tokens: quick_cache::sync::Cache<[u8; 32], Arc<Claims>>,
+    cache_key: [u8; 32],
+    hashing: tokio::sync::Semaphore,
+}
+
+/// A token response, as Docker's and OAuth2's token endpoints answer.
+#[derive(Debug, serde::Serialize)]
+pub struct IssuedToken {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub issued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub scope: String,
+}
+
+/// A request to the token endpoint, from either its `GET` or its `POST` form.
+#[derive(Debug, Default)]
+pub struct TokenRequest {
+    pub service: Option<String>,
+    pub scopes: Vec<String>,
+    /// A refresh token (`grant_type=refresh_token`) instead of a password.
+    pub refresh_token: Option<String>,
+    pub offline: bool,
+}
+
+impl Authenticator {
+    pub async fn new(settings: AuthSettings, meta: MetadataStore) -> anyhow::Result<Authenticator> {
+        let htpasswd = match &settings.htpasswd {
+            Some((path, _)) => Some(
+                htpasswd::Htpasswd::open(path.clone())
+                    .with_context(|| format!("reading htpasswd file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let tokens = match &settings.token {
+            Some(t) => Some(
+                TokenKeys::open(meta.clone(), t.issuer.clone(), t.service.clone())
+                    .await
+                    .context("loading the token service's signing keys")?,
+            ),
+            None => None,
+        };
+        let challenge = match (&settings.token, &settings.htpasswd) {
+            (Some(t), _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
+            (None, Some((_, realm))) => Challenge::Basic { realm: realm.clone() },
+            (None, None) => Challenge::Basic { realm: "berth".into() },
+        };
+        if let Some((name, password)) = &settings.bootstrap_admin {
+            let admin = UserRecord { name: name.clone(), password_hash: Some(hash_argon2(password)), admin: true };
+            if meta.create_user(&admin).await.context("creating the first administrator")? {
+                tracing::info!(user = %name, "created the first administrator from the configuration");
+            }
+        }
+        let mut cache_key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut cache_key);
+        Ok(Authenticator {
+            limiter: limiter::LoginLimiter::new(settings.login_failures, settings.login_window),
+            settings,
+            challenge,
+            meta,
+            htpasswd,
+            tokens,
+            verified: quick_cache::sync::Cache::new(10_000),
+            verified_tokens: quick_cache::sync::Cache::new(10_000),
+            cache_key,
+            hashing: tokio::sync::Semaphore::new(CONCURRENT_HASHES),
+        })
+    }
+
+    pub fn challenge(&self) -> &Challenge {
+        &self.challenge
+    }
+
+    /// Whether this server runs the token service (and so serves `/auth/token`).
+    pub fn issues_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Adds a signing key that signs from now on; tokens signed with older keys stay
+    /// valid until they expire. Returns the new key id.
+    pub async fn rotate_signing_key(&self) -> Result<Option<String>, AuthError> {
+        match &self.tokens {
+            Some(keys) => Ok(Some(keys.rotate().await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn jwks(&self) -> Option<serde_json::Value> {
+        self.tokens.as_ref().map(TokenKeys::jwks)
+    }
+
+    /// The caller a request's credentials prove; no credentials make an anonymous
+    /// caller, whose access the rules decide like anyone else's.
+    pub async fn authenticate(&self, credentials: Option<Credentials>, from: IpAddr) -> Result<Caller, AuthError> {
+        match credentials {
+            None => Ok(Caller::anonymous()),
+            Some(Credentials::Basic { user, password }) => {
+                let principal = self.check_password(&user, &password, from).await?;
+                Ok(Caller { principal, token: None })
+            }
+            Some(Credentials::Bearer(token)) => self.check_token(&token).await,
+        }
+    }
+
+    /// What `caller` may do with `repository`.
+    pub async fn access(&self, caller: &Caller, repository: &str) -> Result<Actions, AuthError> {
+        if let Some(grants) = &caller.token {
+            let granted = grants
+                .iter()
+                .filter(|s| s.resource == Resource::Repository(repository.to_owned()))
+                .fold(Actions::NONE, |acc, s| acc.union(s.actions));
+            return Ok(granted);
+        }
+        Ok(self.principal_access(&caller.principal, repository))
+    }
+
+    /// Whether the caller may list repositories at all; the listing itself shows only
+    /// what [`Authenticator::access`] lets the caller pull.
+    pub fn may_list_catalog(&self, caller: &Caller) -> bool {
+        match &caller.token {
+            Some(grants) => grants.iter().any(|s| s.resource == Resource::Catalog),
+            None => true,
+        }
+    }
+
+    /// What a principal may do with a repository by the rules, before any token limits.
+    fn principal_access(&self, principal: &Principal, _repository: &str) -> Actions {
+        match principal {
+            Principal::User { admin: true, .. } => Actions::ALL,
+            Principal::User { .. } => self.settings.authenticated,
+            Principal::Anonymous => self.settings.anonymous,
+        }
+    }
+
+    /// What a token principal may do: looked up again, so that a token names its
+    /// subject but carries no role of its own.
+    async fn token_principal(&self, subject: &str) -> Result<Principal, AuthError> {
+        if subject.is_empty() {
+            return Ok(Principal::Anonymous);
+        }
+        let admin = self.meta.user(subject).await?.is_some_and(|u| u.admin);
+        Ok(Principal::User { name: subject.to_owned(), admin })
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Caller, AuthError> {
+        let Some(keys) = &self.tokens else {
+            return Err(AuthError::Unauthenticated(
+                "bearer tokens are not accepted here: sign in with a password".into(),
+            ));
+        };
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match self.verified_tokens.get(&key) {
+            Some(c) if c.exp > unix_now() => c,
+            _ => {
+                let claims = keys.verify(token).await?;
+                if claims.refresh.is_some() {
+                    return Err(AuthError::Unauthenticated("a refresh token is not an access token".into()));
+                }
+                let claims = Arc::new(claims);
+                self.verified_tokens.insert(key, claims.clone());
+                claims
+            }
+        };
+        let grants: Vec<Scope> = claims.access.iter().filter_map(AccessEntry::to_scope).collect();
+        let principal = if claims.sub.is_empty() {
+            Principal::Anonymous
+        } else {
+            Principal::User { name: claims.sub.clone(), admin: false }
+        };
+        Ok(Caller { principal, token: Some(Arc::new(grants)) })
+    }
+
+    /// Checks a user's password (htpasswd first, then the database), remembering a
+    /// success for a short time, and counting failures against the user and address.
+    async fn check_password(&self, user: &str, password: &str, from: IpAddr) -> Result<Principal, AuthError> {
+        self.limiter.check(user, from).map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
+        let (stored, admin) = self.stored_credential(user).await?.unzip();
+        let ok = match &stored {
+            Some(hash) => self.verify_cached(user, hash, password).await?,
+            None => false,
+        };
+        if !ok {
+            self.limiter.failed(user, from);
+            tracing::info!(user, client = %from, "failed sign-in");
+            return Err(AuthError::Unauthenticated("invalid username or password".into()));
+        }
+        Ok(Principal::User { name: user.to_owned(), admin: admin.unwrap_or(false) })
+    }
+
+    /// The stored hash of a user and whether they are an administrator.
+    async fn stored_credential(&self, user: &str) -> Result<Option<(StoredHash, bool)>, AuthError> {
+        if let Some(hash) = self.htpasswd.as_ref().and_then(|h| h.lookup(user)) {
+            return Ok(Some((hash, false)));
+        }
+        let record = self.meta.user(user).await?;
+        Ok(record.and_then(|r| Some((StoredHash::recognise(r.password_hash.as_deref()?)?, r.admin))))
+    }
+
+    async fn verify_cached(&self, user: &str, stored: &StoredHash, password: &str) -> Result<bool, AuthError> {
+        let key = self.credential_key(user, stored, password);
+        if self.verified.get(&key).is_some_and(|until| until > Instant::now()) {
+            return Ok(true);
+        }
+        let permit = self.hashing.acquire().await.map_err(|e| AuthError::Backend(e.to_string()))?;
+        let (hash, pw) = (stored.clone(), password.to_owned());
+        let ok = tokio::task::spawn_blocking(move || hash.verify(&pw))
+            .await
+            .map_err(|e| AuthError::Backend(format!("password check: {e}")))?;
+        drop(permit);
+        if ok {
+            self.verified.insert(key, Instant::now() + self.settings.credential_cache);
+        }
+        Ok(ok)
+    }
+
+    fn credential_key(&self, user: &str, stored: &StoredHash, password: &str) -> [u8; 32] {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
+        for part in [user, stored.as_str(), password] {
+            // Length-prefixed, so that no two different triples feed the same bytes.
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Serves the token endpoint: the caller (by password, by refresh token, or
+    /// anonymous) gets a token for the part of the requested scopes it is allowed.
+    pub async fn issue(
+        &self,
+        request: TokenRequest,
+        credentials: Option<Credentials>,
+        from: IpAddr,
+    ) -> Result<IssuedToken, AuthError> {
+        let (Some(keys), Some(settings)) = (&self.tokens, &self.settings.token) else {
+            return Err(AuthError::BadRequest("this registry does not issue tokens".into()));
+        };
+        if let Some(service) = &request.service {
+            if service != keys.audience() {
+                return Err(AuthError::BadRequest(format!("unknown service {service:?}")));
+            }
+        }
+        let (principal, fingerprint) = match (&request.refresh_token, credentials) {
+            (Some(refresh), _) => self.check_refresh(keys, refresh).await?,
+            (None, Some(Credentials::Basic { user, password })) => {
+                let principal = self.check_password(&user, &password, from).await?;
+                let fingerprint = self.fingerprint(&user).await?;
+                (principal, fingerprint)
+            }
+            (None, Some(Credentials::Bearer(_))) => {
+                return Err(AuthError::Unauthenticated("sign in to the token endpoint with a password".into()))
+            }
+            (None, None) => (Principal::Anonymous, None),
+        };
+        let mut granted = Vec::new();
+        for requested in request.scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+            let Some(scope) = Scope::parse(requested) else { continue };
+            let actions = match &scope.resource {
+                Resource::Repository(name) => self.principal_access(&principal, name).intersect(scope.actions),
+                Resource::Catalog if principal != Principal::Anonymous => Actions::ALL,
+                Resource::Catalog => Actions::NONE,
+            };
+            if !actions.is_empty() {
+                granted.push(Scope { resource: scope.resource, actions });
+            }
+        }
+        let now = unix_now();
+        let claims = Claims {
+            iss: keys.issuer().to_owned(),
+            sub: principal.name().to_owned(),
+            aud: keys.audience().to_owned(),
+            exp: now + settings.expiration.as_secs(),
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            access: granted.iter().map(AccessEntry::from_scope).collect(),
+            refresh: None,
+        };
+        let token = keys.sign(&claims);
+        let refresh_token = match (request.offline, &principal, fingerprint) {
+            (true, Principal::User { name, .. }, Some(fp)) => Some(keys.sign(&Claims {
+                sub: name.clone(),
+                exp: now + settings.refresh_expiration.as_secs(),
+                jti: uuid::Uuid::new_v4().to_string(),
+                access: Vec::new(),
+                refresh: Some(fp),
+                ..claims.clone()
+            })),
+            _ => None,
+        };
+        Ok(IssuedToken {
+            access_token: token.clone(),
+            token,
+            expires_in: settings.expiration.as_secs(),
+            issued_at: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(now)).to_string(),
+            refresh_token,
+            scope: granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    /// The principal of a refresh token, if it is valid and the password it was issued
+    /// for has not changed since.
+    async fn check_refresh(&self, keys: &TokenKeys, token: &str) -> Result<(Principal, Option<String>), AuthError> {
+        let claims = keys.verify(token).await?;
+        let Some(fingerprint) = claims.refresh else {
+            return Err(AuthError::Unauthenticated("an access token is not a refresh token".into()));
+        };
+        if self.fingerprint(&claims.sub).await?.as_deref() != Some(fingerprint.as_str()) {
+            return Err(AuthError::Unauthenticated("the refresh token was revoked (the password changed)".into()));
+        }
+        let principal = self.token_principal(&claims.sub).await?;
+        Ok((principal, Some(fingerprint)))
+    }
+
+    /// A one-way fingerprint of the user's stored hash (not of the password): equal as
+    /// long as the password is unchanged.
+    async fn fingerprint(&self, user: &str) -> Result<Option<String>, AuthError> {
+        Ok(self.stored_credential(user).await?.map(|(hash, _)| {
+            let digest = Sha256::digest(format!("berth-refresh\0{}", hash.as_str()).as_bytes());
+            URL_SAFE_NO_PAD.encode(&digest[..16])
+        }))
+    }
+}

@@ -1,0 +1,230 @@
+//! The built-in token service's JWTs: ES256 signatures with a key id, keys shared by
+//! every instance through the metadata database, the public keys published as a JWKS.
+//!
+//! Verification accepts ES256 only, so `alg: none` and the HS256-with-the-public-key
+//! confusion cannot get through, and checks issuer, audience, expiry and not-before.
+
+use crate::scope::{Actions, Resource, Scope};
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use berth_metadata::MetadataStore;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One `access` entry of a token, as Docker's token specification writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+impl AccessEntry {
+    pub fn from_scope(scope: &Scope) -> AccessEntry {
+        match &scope.resource {
+            Resource::Repository(name) => AccessEntry {
+                kind: "repository".into(),
+                name: name.clone(),
+                actions: scope.actions.names().into_iter().map(str::to_owned).collect(),
+            },
+            Resource::Catalog => {
+                AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] }
+            }
+        }
+    }
+
+    pub fn to_scope(&self) -> Option<Scope> {
+        let resource = match (self.kind.as_str(), self.name.as_str()) {
+            ("repository", name) => Resource::Repository(name.to_owned()),
+            ("registry", "catalog") => Resource::Catalog,
+            _ => return None,
+        };
+        Some(Scope { resource, actions: Actions::parse_list(&self.actions.join(",")) })
+    }
+}
+
+/// The claims of an access or refresh token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default)]
+    pub access: Vec<AccessEntry>,
+    /// Set only on refresh tokens: a fingerprint of the password they were issued for,
+    /// so that changing the password ends them. An access token never has it, and a
+    /// refresh token is never accepted as an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The keys as loaded from the database.
+struct Keys {
+    signing: (String, EncodingKey),
+    verifying: HashMap<String, DecodingKey>,
+    jwks: serde_json::Value,
+}
+
+/// Signs and verifies the built-in service's tokens.
+pub struct TokenKeys {
+    meta: MetadataStore,
+    keys: ArcSwap<Keys>,
+    issuer: String,
+    audience: String,
+    /// When the keys were last read, so an unknown key id (a key another instance just
+    /// added) re-reads them at most this often.
+    reloaded: tokio::sync::Mutex<Option<Instant>>,
+}
+
+const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(#[from] berth_metadata::Error),
+}
+
+impl TokenKeys {
+    /// Loads the keys, creating the first one if the database has none. Instances that
+    /// start together may each create one: all of them verify, the newest signs.
+    pub async fn open(meta: MetadataStore, issuer: String, audience: String) -> Result<TokenKeys, TokenError> {
+        if meta.signing_keys().await?.is_empty() {
+            let (kid, pem) = generate();
+            meta.add_signing_key(&kid, &pem).await?;
+            tracing::info!(kid, "created the token service's first signing key");
+        }
+        let keys = load(&meta).await?;
+        Ok(TokenKeys {
+            meta,
+            keys: ArcSwap::from_pointee(keys),
+            issuer,
+            audience,
+            reloaded: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The public keys, as `GET /auth/jwks` serves them.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.load().jwks.clone()
+    }
+
+    /// Adds a new signing key; it signs from now on, here at once and on other
+    /// instances when they first see a token with its key id.
+    pub async fn rotate(&self) -> Result<String, TokenError> {
+        let (kid, pem) = generate();
+        self.meta.add_signing_key(&kid, &pem).await?;
+        self.keys.store(Arc::new(load(&self.meta).await?));
+        Ok(kid)
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        let keys = self.keys.load();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(keys.signing.0.clone());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, claims, &keys.signing.1).expect("ES256 signing with a valid key cannot fail")
+    }
+
+    /// The claims of a token this service signed, if its signature, issuer, audience and
+    /// times hold.
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
+        let key = match self.keys.load().verifying.get(&kid) {
+            Some(k) => k.clone(),
+            None => self.reload_for(&kid).await?,
+        };
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    async fn reload_for(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+        let unknown = || TokenError::Invalid(format!("unknown key id {kid:?}"));
+        let mut last = self.reloaded.lock().await;
+        if last.is_none_or(|t| t.elapsed() >= RELOAD_AT_MOST_EVERY) {
+            *last = Some(Instant::now());
+            self.keys.store(Arc::new(load(&self.meta).await?));
+        }
+        self.keys.load().verifying.get(kid).cloned().ok_or_else(unknown)
+    }
+}
+
+/// A new P-256 key: its RFC 7638 thumbprint as key id, and its PKCS#8 PEM.
+fn generate() -> (String, String) {
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8 encoding of a P-256 key").to_string();
+    let (x, y) = coordinates(&secret.public_key());
+    (thumbprint(&x, &y), pem)
+}
+
+fn coordinates(public: &p256::PublicKey) -> (String, String) {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let point = public.to_encoded_point(false);
+    let x = URL_SAFE_NO_PAD.encode(point.x().expect("uncompressed point"));
+    let y = URL_SAFE_NO_PAD.encode(point.y().expect("uncompressed point"));
+    (x, y)
+}
+
+fn thumbprint(x: &str, y: &str) -> String {
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+async fn load(meta: &MetadataStore) -> Result<Keys, TokenError> {
+    let stored = meta.signing_keys().await?;
+    let mut verifying = HashMap::new();
+    let mut published = Vec::new();
+    let mut signing = None;
+    for key in stored {
+        let secret = p256::SecretKey::from_pkcs8_pem(&key.private_pem)
+            .map_err(|e| TokenError::Invalid(format!("stored signing key {} is unreadable: {e}", key.kid)))?;
+        let (x, y) = coordinates(&secret.public_key());
+        let decoding = DecodingKey::from_ec_components(&x, &y)
+            .map_err(|e| TokenError::Invalid(format!("key {}: {e}", key.kid)))?;
+        verifying.insert(key.kid.clone(), decoding);
+        published.push(serde_json::json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": key.kid, "x": x, "y": y,
+        }));
+        let der = secret.to_pkcs8_der().map_err(|e| TokenError::Invalid(format!("key {}: {e}", key.kid)))?;
+        let encoding = EncodingKey::from_ec_der(der.as_bytes());
+        // Oldest first: the last one read is the newest, and signs.
+        signing = Some((key.kid, encoding));
+    }
+    let signing = signing.ok_or_else(|| TokenError::Invalid("no signing key in the database".into()))?;
+    Ok(Keys { signing, verifying, jwks: serde_json::json!({ "keys": published }) })
+}
