@@ -276,6 +276,16 @@ impl Authenticator {
         }
     }
 
+    /// Whether the catalog shows this caller anything: repositories are listed to those
+    /// who may pull them, by the caller's own rules (a token's subject, not its scopes).
+    pub async fn sees_catalog(&self, caller: &Caller) -> Result<bool, AuthError> {
+        let principal = match &caller.token {
+            Some(_) => self.token_principal(caller.principal.name()).await?,
+            None => caller.principal.clone(),
+        };
+        Ok(self.principal_access(&principal, "").contains(Actions::PULL))
+    }
+
     /// What a principal may do with a repository by the rules, before any token limits.
     fn principal_access(&self, principal: &Principal, _repository: &str) -> Actions {
         match principal {

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
+use berth_auth::{Actions, AuthSettings, Authenticator, TokenSettings};
 pub use berth_config as config;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::MetadataStore;
@@ -34,9 +35,54 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         max_sessions: uploads.maxsessions,
         orphan_grace: uploads.orphangrace,
     };
+    let auth = match auth_settings(config)? {
+        Some(settings) => Some(Arc::new(Authenticator::new(settings, meta.clone()).await?)),
+        None => None,
+    };
     let registry = Arc::new(Registry::new(Arc::new(blobs), spool, meta, settings));
-    let router = berth_http::router(registry.clone(), edge_options(config)?);
+    let router = berth_http::router(registry.clone(), edge_options(config)?, auth);
     Ok(App { registry, router })
+}
+
+/// Authentication from `auth` and `berth.auth`; `None` when it is off (every request
+/// is admitted, which `serve` allows only on loopback unless told otherwise).
+pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
+    let auth = &config.auth;
+    let ours = &config.berth.auth;
+    if auth.silly.is_some() {
+        bail!("`auth.silly` is registry:2's test-only driver and is not supported: use `auth.htpasswd` or `berth.auth.token`");
+    }
+    if auth.token.is_some() {
+        bail!("`auth.token` (an external token server) is not supported yet: use `berth.auth.token`");
+    }
+    if auth.htpasswd.is_none() && !ours.token.enabled {
+        return Ok(None);
+    }
+    let level = |key: &str, value: &str| {
+        Actions::from_level(value).with_context(|| {
+            format!("invalid `berth.auth.defaultaccess.{key}` {value:?}: expected none, pull, push or delete")
+        })
+    };
+    let anonymous = level("anonymous", &ours.defaultaccess.anonymous)?;
+    if anonymous.contains(Actions::PUSH) {
+        bail!("`berth.auth.defaultaccess.anonymous` may be none or pull: anonymous pushes are not allowed");
+    }
+    Ok(Some(AuthSettings {
+        htpasswd: auth.htpasswd.as_ref().map(|h| (h.path.clone(), h.realm.clone().unwrap_or_else(|| "berth".into()))),
+        token: ours.token.enabled.then(|| TokenSettings {
+            service: ours.token.service.clone(),
+            issuer: ours.token.issuer.clone(),
+            expiration: ours.token.expiration,
+            refresh_expiration: ours.token.refreshexpiration,
+            realm: ours.token.realm.clone(),
+        }),
+        anonymous,
+        authenticated: level("authenticated", &ours.defaultaccess.authenticated)?,
+        bootstrap_admin: ours.admin.as_ref().map(|a| (a.username.clone(), a.password.clone())),
+        login_failures: ours.loginlimit.failures,
+        login_window: ours.loginlimit.window,
+        credential_cache: ours.credentialcache,
+    }))
 }
 
 fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
@@ -110,10 +156,15 @@ pub fn server_limits(config: &Config) -> ServerLimits {
 pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Result<()> {
     let addr = config.addr()?;
     let allowed = allow_unauthenticated || config.berth.allowunauthenticated;
-    if !(addr.ip().is_loopback() || allowed) {
+    let authenticated = auth_settings(&config)?.is_some();
+    if !addr.ip().is_loopback() && !authenticated && allowed {
+        tracing::warn!(%addr, "listening beyond loopback WITHOUT authentication: anyone who reaches it can push and delete");
+    }
+    if !(addr.ip().is_loopback() || authenticated || allowed) {
         bail!(
             "refusing to listen on {addr} without authentication: anyone who reaches it could push and delete. \
-             Listen on loopback, or pass --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
+             Configure authentication (auth.htpasswd or berth.auth.token), listen on loopback, or pass \
+             --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
         );
     }
     let app = build(&config).await?;

@@ -1,10 +1,10 @@
 //! What every response shares: request ids, the access log, the API version header,
 //! operator-configured headers, and how URLs in `Location` headers are built.
 
-use crate::server::ClientAddr;
+use crate::server::ConnectionInfo;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, Extensions, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -76,31 +76,49 @@ pub fn log_panics() {
     }));
 }
 
-const FORWARDED_HEADERS: [&str; 4] = ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-for", "forwarded"];
+/// How the client reached us: scheme and host, for URLs handed back to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: &'static str,
+    host: Option<String>,
+}
 
-/// Drops `X-Forwarded-*` unless the peer is a trusted proxy, so that nothing later
-/// (`Location` URLs, token realms, rate limits) can be steered by a client's headers,
-/// and records the client's address.
+/// Works out the client's address and the origin it used, believing `X-Forwarded-*`
+/// only from a trusted proxy, so that nothing later (`Location` URLs, token realms, rate
+/// limits) can be steered by a client's headers.
 async fn forwarded(options: Arc<EdgeOptions>, mut req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+    let info = req.extensions().get::<ConnectionInfo>().copied();
     let trusted = |ip: &IpAddr| options.trusted_proxies.iter().any(|net| net.contains(ip));
-    let client = match peer {
-        Some(peer) if trusted(&peer) => {
-            let hops = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            let hops: Vec<IpAddr> = hops.flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
-            Some(hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer))
-        }
-        Some(peer) => {
-            for name in FORWARDED_HEADERS {
-                req.headers_mut().remove(name);
-            }
-            Some(peer)
-        }
-        None => None,
+    let from_proxy = info.is_some_and(|i| trusted(&i.peer.ip()));
+    let headers = req.headers();
+    let first = |name: &str| {
+        let value = headers.get(name).and_then(|h| h.to_str().ok())?;
+        Some(value.split(',').next().unwrap_or(value).trim().to_owned()).filter(|v| !v.is_empty())
     };
+    let direct_scheme = if info.is_some_and(|i| i.tls) { "https" } else { "http" };
+    let (scheme, host) = if from_proxy {
+        let scheme = match first("x-forwarded-proto").as_deref() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => direct_scheme,
+        };
+        (scheme, first("x-forwarded-host").or_else(|| first(header::HOST.as_str())))
+    } else {
+        (direct_scheme, first(header::HOST.as_str()))
+    };
+    let client = info.map(|i| {
+        let peer = i.peer.ip();
+        if !from_proxy {
+            return peer;
+        }
+        let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+        let hops: Vec<IpAddr> = hops.flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
+        hops.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer)
+    });
     if let Some(ip) = client {
         req.extensions_mut().insert(ClientIp(ip));
     }
+    req.extensions_mut().insert(Origin { scheme, host });
     next.run(req).await
 }
 
@@ -111,7 +129,7 @@ async fn access_log(options: Arc<EdgeOptions>, req: Request, next: Next) -> Resp
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let peer = req.extensions().get::<ClientAddr>().map(|a| a.0.ip().to_string()).unwrap_or_default();
+    let peer = req.extensions().get::<ConnectionInfo>().map(|i| i.peer.ip().to_string()).unwrap_or_default();
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut resp = next.run(req).instrument(span).await;
     let headers = resp.headers_mut();
@@ -140,26 +158,19 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// The URL of `path` as the client reached us: absolute like registry:2 unless
-/// `http.relativeurls` is set, honouring the headers a trusted TLS-terminating proxy
-/// adds (from anyone else they were dropped by [`forwarded`]).
-pub(crate) fn url(options: &EdgeOptions, headers: &HeaderMap, path: &str) -> String {
-    let host = headers
-        .get("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST))
-        .and_then(|h| h.to_str().ok())
-        .map(|h| h.split(',').next().unwrap_or(h).trim());
-    match host {
-        Some(host) if !options.relative_urls && !host.is_empty() => {
-            let scheme = headers
-                .get("x-forwarded-proto")
-                .and_then(|h| h.to_str().ok())
-                .map(|p| p.split(',').next().unwrap_or(p).trim())
-                .filter(|p| *p == "https" || *p == "http")
-                .unwrap_or("http");
-            format!("{scheme}://{host}{path}")
-        }
-        _ => path.to_owned(),
+/// `http.relativeurls` is set.
+pub(crate) fn url(options: &EdgeOptions, extensions: &Extensions, path: &str) -> String {
+    if options.relative_urls {
+        return path.to_owned();
     }
+    absolute_url(extensions, path).unwrap_or_else(|| path.to_owned())
+}
+
+/// The absolute URL of `path` on the origin the client used, if it named a host.
+pub(crate) fn absolute_url(extensions: &Extensions, path: &str) -> Option<String> {
+    let origin = extensions.get::<Origin>()?;
+    let host = origin.host.as_deref()?;
+    Some(format!("{}://{host}{path}", origin.scheme))
 }
 
 #[cfg(test)]

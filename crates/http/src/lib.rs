@@ -4,6 +4,7 @@
 //! [`berth_registry::Registry`] and its results back into the exact responses clients
 //! expect.
 
+mod auth;
 mod blobs;
 mod edge;
 mod error;
@@ -12,47 +13,72 @@ mod request;
 mod route;
 mod server;
 mod tls;
+mod token;
 mod uploads;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
+use berth_auth::{Authenticator, Caller};
 use berth_registry::Registry;
 use error::ApiError;
-use route::Action;
+use route::{Action, UploadStart};
 use std::sync::Arc;
 
 pub use edge::{log_panics, ClientIp, EdgeOptions};
-pub use server::{serve, ClientAddr, ServerLimits};
+pub use server::{serve, ConnectionInfo, ServerLimits};
 pub use tls::{Tls, TlsSettings};
 
 #[derive(Clone)]
 struct App {
     registry: Arc<Registry>,
     options: Arc<EdgeOptions>,
+    /// `None` when authentication is off: every request is admitted.
+    auth: Option<Arc<Authenticator>>,
 }
 
 /// The full router, with request ids, a span per request, panic recovery, access
-/// logging and the API version header.
-pub fn router(registry: Arc<Registry>, options: EdgeOptions) -> Router {
-    let app = App { registry, options: Arc::new(options) };
-    edge::wrap(Router::new().fallback(dispatch).with_state(app.clone()), app.options)
+/// logging and the API version header; with `auth`, every endpoint is checked and
+/// the token service's endpoints are served.
+pub fn router(registry: Arc<Registry>, options: EdgeOptions, auth: Option<Arc<Authenticator>>) -> Router {
+    let app = App { registry, options: Arc::new(options), auth };
+    let mut routes = Router::new();
+    if app.auth.as_ref().is_some_and(|a| a.issues_tokens()) {
+        routes =
+            routes.route("/auth/token", get(token::token).post(token::token)).route("/auth/jwks", get(token::jwks));
+    }
+    edge::wrap(routes.fallback(dispatch).with_state(app.clone()), app.options)
 }
 
 async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
-    let result = match Action::parse(req.method(), req.uri()) {
-        Ok(action) => handle(&app, action, req).await,
-        Err(e) => Err(e),
+    let action = match Action::parse(req.method(), req.uri()) {
+        Ok(action) => action,
+        Err(e) => return e.into_response(),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let (parts, body) = req.into_parts();
+    let caller = match &app.auth {
+        Some(auth) => match auth::admit(auth, &action, &parts).await {
+            Ok(caller) => Some(caller),
+            Err(refused) => return refused,
+        },
+        None => None,
+    };
+    handle(&app, action, caller, Request::from_parts(parts, body)).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn handle(app: &App, action: Action, req: Request<Body>) -> Result<Response, ApiError> {
+async fn handle(app: &App, action: Action, caller: Option<Caller>, req: Request<Body>) -> Result<Response, ApiError> {
     match action {
         Action::Base => Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec())),
-        Action::Catalog(q) => manifests::catalog(app, q).await,
+        Action::Catalog(q) => {
+            let visible = match (&app.auth, &caller) {
+                (Some(auth), Some(caller)) => auth.sees_catalog(caller).await.map_err(auth::internal)?,
+                _ => true,
+            };
+            manifests::catalog(app, q, visible).await
+        }
         Action::ListTags(repo, q) => manifests::tags(app, repo, q).await,
         Action::GetManifest(repo, reference) => manifests::get(app, repo, reference, req).await,
         Action::PutManifest(repo, reference) => manifests::put(app, repo, reference, req).await,
@@ -60,7 +86,18 @@ async fn handle(app: &App, action: Action, req: Request<Body>) -> Result<Respons
         Action::Referrers(repo, digest, artifact_type) => manifests::referrers(app, repo, digest, artifact_type).await,
         Action::GetBlob(repo, digest) => blobs::get(app, repo, digest, req).await,
         Action::DeleteBlob(repo, digest) => blobs::delete(app, repo, digest).await,
-        Action::StartUpload(repo, start) => uploads::start(app, repo, start, req).await,
+        Action::StartUpload(repo, start) => {
+            let start = match (&app.auth, &caller, start) {
+                (Some(auth), Some(caller), UploadStart::Mount(digest, from)) => {
+                    match auth::mount_source(app, auth, caller, &digest, from.as_ref()).await? {
+                        Some(source) => UploadStart::Mount(digest, Some(source)),
+                        None => UploadStart::Session,
+                    }
+                }
+                (_, _, start) => start,
+            };
+            uploads::start(app, repo, start, req).await
+        }
         Action::UploadStatus(repo, id) => uploads::status(app, repo, &id, req).await,
         Action::UploadChunk(repo, id) => uploads::patch(app, repo, &id, req).await,
         Action::FinishUpload(repo, id, digest) => uploads::put(app, repo, &id, digest, req).await,

@@ -62,7 +62,7 @@ pub(crate) async fn put(
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let put = app.registry.put_manifest(&repo, &reference, content_type, bytes).await?;
     let mut resp = empty_response(StatusCode::CREATED);
-    let location = edge::url(&app.options, &parts.headers, &format!("/v2/{repo}/manifests/{}", put.digest));
+    let location = edge::url(&app.options, &parts.extensions, &format!("/v2/{repo}/manifests/{}", put.digest));
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&location));
     h.insert(DOCKER_CONTENT_DIGEST, header_value(put.digest.as_str()));
@@ -94,9 +94,10 @@ pub(crate) async fn tags(app: &App, repo: RepositoryName, q: ListQuery) -> Resul
     Ok(page_response(body, &page, |last| format!("/v2/{repo}/tags/list?n={n}&last={last}")))
 }
 
-pub(crate) async fn catalog(app: &App, q: ListQuery) -> Result<Response, ApiError> {
+/// The catalog; `visible: false` (a caller who may pull nothing) lists nothing.
+pub(crate) async fn catalog(app: &App, q: ListQuery, visible: bool) -> Result<Response, ApiError> {
     let n = q.n;
-    let page = app.registry.catalog(q.last.as_deref(), n).await?;
+    let page = if visible { app.registry.catalog(q.last.as_deref(), n).await? } else { Page::empty() };
     let body = json!({ "repositories": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
     Ok(page_response(body, &page, |last| format!("/v2/_catalog?n={n}&last={last}")))

@@ -51,10 +51,14 @@ impl Default for ServerLimits {
     }
 }
 
-/// The address a connection came from, in every request's extensions: rate limits and
-/// the trusted-proxy check use it.
+/// The connection a request came on, in every request's extensions: where it came from
+/// (rate limits, the trusted-proxy check) and whether it is encrypted (the scheme of
+/// URLs handed back).
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+pub struct ConnectionInfo {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+}
 
 type Builder = auto::Builder<TokioExecutor>;
 
@@ -106,7 +110,7 @@ pub async fn serve(
             graceful: graceful.watcher(),
             router: router.clone(),
             activity,
-            peer: ClientAddr(peer),
+            info: ConnectionInfo { peer, tls: tls.is_some() },
         };
         let tls = tls.clone();
         let handshake_timeout = limits.header_timeout;
@@ -135,7 +139,7 @@ struct Connection {
     graceful: Watcher,
     router: Router,
     activity: Arc<Activity>,
-    peer: ClientAddr,
+    info: ConnectionInfo,
 }
 
 impl Connection {
@@ -143,12 +147,12 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { builder, graceful, router, activity, peer } = self;
+        let Connection { builder, graceful, router, activity, info } = self;
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let in_flight = InFlight::begin(activity.clone());
             let router = router.clone();
             let mut req = req.map(Body::new);
-            req.extensions_mut().insert(peer);
+            req.extensions_mut().insert(info);
             async move {
                 let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});
                 Ok::<Response, std::convert::Infallible>(

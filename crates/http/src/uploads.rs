@@ -4,7 +4,7 @@ use crate::error::ApiError;
 use crate::route::UploadStart;
 use crate::{edge, empty_response, header_value, request, App, DOCKER_CONTENT_DIGEST};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, Extensions, HeaderName, StatusCode};
 use axum::response::Response;
 use berth_proto::{Digest, RepositoryName};
 use berth_registry::UploadState;
@@ -15,13 +15,13 @@ const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 /// `0-0` when empty, as registry:2 answers).
 fn session_response(
     app: &App,
-    headers: &HeaderMap,
+    extensions: &Extensions,
     repo: &RepositoryName,
     s: &UploadState,
     status: StatusCode,
 ) -> Response {
     let mut resp = empty_response(status);
-    let location = edge::url(&app.options, headers, &format!("/v2/{repo}/blobs/uploads/{}", s.id));
+    let location = edge::url(&app.options, extensions, &format!("/v2/{repo}/blobs/uploads/{}", s.id));
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&location));
     h.insert(header::RANGE, header_value(&format!("0-{}", s.offset.saturating_sub(1))));
@@ -30,9 +30,9 @@ fn session_response(
 }
 
 /// `201` for a blob that is now in the repository.
-fn created_response(app: &App, headers: &HeaderMap, repo: &RepositoryName, digest: &Digest) -> Response {
+fn created_response(app: &App, extensions: &Extensions, repo: &RepositoryName, digest: &Digest) -> Response {
     let mut resp = empty_response(StatusCode::CREATED);
-    let location = edge::url(&app.options, headers, &format!("/v2/{repo}/blobs/{digest}"));
+    let location = edge::url(&app.options, extensions, &format!("/v2/{repo}/blobs/{digest}"));
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&location));
     h.insert(DOCKER_CONTENT_DIGEST, header_value(digest.as_str()));
@@ -48,7 +48,7 @@ pub(crate) async fn start(
     match start {
         UploadStart::Mount(digest, from) => {
             if app.registry.mount_blob(&repo, &digest, from.as_ref()).await? {
-                return Ok(created_response(app, req.headers(), &repo, &digest));
+                return Ok(created_response(app, req.extensions(), &repo, &digest));
             }
         }
         UploadStart::Monolithic(digest) => {
@@ -56,17 +56,17 @@ pub(crate) async fn start(
             let (parts, body) = req.into_parts();
             let body = request::body_stream(body, app.options.body_timeout);
             app.registry.upload_blob(&repo, &digest, len, body).await?;
-            return Ok(created_response(app, &parts.headers, &repo, &digest));
+            return Ok(created_response(app, &parts.extensions, &repo, &digest));
         }
         UploadStart::Session => {}
     }
     let session = app.registry.start_upload(&repo).await?;
-    Ok(session_response(app, req.headers(), &repo, &session, StatusCode::ACCEPTED))
+    Ok(session_response(app, req.extensions(), &repo, &session, StatusCode::ACCEPTED))
 }
 
 pub(crate) async fn status(app: &App, repo: RepositoryName, id: &str, req: Request) -> Result<Response, ApiError> {
     let session = app.registry.upload_status(&repo, id).await?;
-    Ok(session_response(app, req.headers(), &repo, &session, StatusCode::NO_CONTENT))
+    Ok(session_response(app, req.extensions(), &repo, &session, StatusCode::NO_CONTENT))
 }
 
 pub(crate) async fn patch(app: &App, repo: RepositoryName, id: &str, req: Request) -> Result<Response, ApiError> {
@@ -75,7 +75,7 @@ pub(crate) async fn patch(app: &App, repo: RepositoryName, id: &str, req: Reques
     let (parts, body) = req.into_parts();
     let body = request::body_stream(body, app.options.body_timeout);
     let session = app.registry.append_chunk(&repo, id, range, len, body).await?;
-    Ok(session_response(app, &parts.headers, &repo, &session, StatusCode::ACCEPTED))
+    Ok(session_response(app, &parts.extensions, &repo, &session, StatusCode::ACCEPTED))
 }
 
 pub(crate) async fn put(
@@ -90,7 +90,7 @@ pub(crate) async fn put(
     let (parts, body) = req.into_parts();
     let body = has_body.then(|| request::body_stream(body, app.options.body_timeout));
     app.registry.finish_upload(&repo, id, &digest, len, body).await?;
-    Ok(created_response(app, &parts.headers, &repo, &digest))
+    Ok(created_response(app, &parts.extensions, &repo, &digest))
 }
 
 pub(crate) async fn cancel(app: &App, repo: RepositoryName, id: &str) -> Result<Response, ApiError> {

@@ -282,6 +282,21 @@ impl MetadataStore {
 
     // ---- blobs --------------------------------------------------------------------
 
+    /// Repositories a blob is linked to, in name order, at most `limit`.
+    pub async fn repositories_holding(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
+        )
+        .bind(digest.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+    }
+
     /// Size of a blob linked to the repository.
     pub async fn linked_blob(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
         let row = sqlx::query(

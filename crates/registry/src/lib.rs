@@ -169,6 +169,13 @@ impl Registry {
         }
     }
 
+    /// Some repositories that hold a blob (the first hundred by name): where a mount
+    /// without `from` may take it from, once the caller's access is checked.
+    pub async fn repositories_holding(&self, digest: &Digest) -> Result<Vec<RepositoryName>> {
+        let names = self.meta.repositories_holding(digest, 100).await?;
+        Ok(names.iter().filter_map(|n| RepositoryName::parse(n)).collect())
+    }
+
     /// Cross-repository mount: links a blob into `repo` when it is readable from `from`
     /// (or, without `from`, anywhere in the registry). False means "upload it instead".
     pub async fn mount_blob(

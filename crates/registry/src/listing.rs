@@ -17,6 +17,10 @@ pub struct Page {
 }
 
 impl Page {
+    pub fn empty() -> Page {
+        Page { names: Vec::new(), more: false }
+    }
+
     /// Fetching one extra row tells whether another page exists without a count query.
     fn from_fetch(mut names: Vec<String>, limit: u32) -> Page {
         let more = names.len() > limit as usize;
@@ -38,7 +42,7 @@ impl Registry {
         }
         let ticket = c.ticket(name);
         let page = if limit == 0 {
-            Page { names: Vec::new(), more: false }
+            Page::empty()
         } else {
             Page::from_fetch(self.meta.tags(id, last, limit + 1).await?, limit)
         };

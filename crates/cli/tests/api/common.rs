@@ -233,6 +233,21 @@ impl Server {
         }
     }
 
+    /// A handle on the same server whose every request carries `authorization`.
+    pub fn as_caller(other: &Server, authorization: &str) -> Server {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, authorization.parse().unwrap());
+        Server {
+            addr: other.addr,
+            base: other.base.clone(),
+            root: other.root.clone(),
+            registry: other.registry.clone(),
+            client: reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap(),
+            task: None,
+            shutdown: None,
+        }
+    }
+
     /// Stops the server as SIGTERM does and waits until it let go of its root (its
     /// database lock), so that another server can open the same root.
     pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
