@@ -51,10 +51,12 @@ def make_server(request, workdir):
     """Factory: start a fresh registry server (own temp root dir, own free port)."""
     servers = []
 
-    def make() -> RegistryServer:
+    def make(env: dict | None = None, scheme: str = "http", ca: str | None = None) -> RegistryServer:
         d = os.path.join(workdir, f"server{len(servers)}")
         os.makedirs(d)
         srv = RegistryServer(SERVER_KIND, d)
+        srv.extra_env.update(env or {})
+        srv.scheme, srv.ca = scheme, ca
         servers.append(srv)
         _attach_log(request.node, f"{SERVER_KIND} server {len(servers)}", srv.log_text)
         srv.start()
@@ -84,10 +86,10 @@ class Podman:
             os.makedirs(p, exist_ok=True)
         self.env = dict(os.environ, TMPDIR=self.tmp)
 
-    def __call__(self, *args, timeout=300, check=True):
+    def __call__(self, *args, timeout=300, check=True, input=None):
         return run(["podman", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
                     "--events-backend", "none", "--root", self.root, "--runroot", self.runroot,
-                    *args], timeout=timeout, check=check, env=self.env)
+                    *args], timeout=timeout, check=check, env=self.env, input=input)
 
 
 @pytest.fixture

@@ -91,6 +91,9 @@ class RegistryServer:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.extra_env: dict = {}
+        # Set both for a server on TLS: the scheme clients use and the CA they trust.
+        self.scheme = "http"
+        self.ca: str | None = None
 
     @property
     def host(self) -> str:
@@ -98,7 +101,7 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     @property
     def pid(self) -> int:
@@ -146,7 +149,9 @@ class RegistryServer:
                 raise AssertionError(f"{self.kind} exited with {self.proc.returncode} during "
                                      f"startup:\n{self.log_text()}")
             try:
-                if requests.get(self.url + "/v2/", timeout=2).status_code == 200:
+                # 401: up, and asking for credentials.
+                r = requests.get(self.url + "/v2/", timeout=2, verify=self.ca or True)
+                if r.status_code in (200, 401):
                     return
             except requests.RequestException:
                 pass

@@ -58,9 +58,11 @@ fn needs(action: &Action) -> Option<(&RepositoryName, Actions)> {
     })
 }
 
+const CATALOG: &str = "registry:catalog:*";
+
 /// Admits a request or answers it: the caller, when it may go on.
 pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) -> Result<Caller, Response> {
-    let refused = |e: AuthError, scope: Option<String>| refusal(auth, &req.extensions, e, scope);
+    let refused = |e: AuthError, wanted: Option<Wanted>| refusal(auth, &req.extensions, e, wanted);
     let creds = credentials(&req.headers).map_err(|e| refused(e, None))?;
     let caller = auth.authenticate(creds, client_ip(&req.extensions)).await.map_err(|e| refused(e, None))?;
     let anonymous = caller.principal == Principal::Anonymous;
@@ -75,12 +77,12 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
         {
             Err(refused(
                 AuthError::Unauthenticated("sign in to list repositories".into()),
-                Some("registry:catalog:*".into()),
+                Some(Wanted { scope: CATALOG.into(), insufficient: false }),
             ))
         }
         None if matches!(action, Action::Catalog(_)) && !auth.may_list_catalog(&caller) => Err(refused(
             AuthError::Unauthenticated("the token does not grant the catalog".into()),
-            Some("registry:catalog:*".into()),
+            Some(Wanted { scope: CATALOG.into(), insufficient: true }),
         )),
         None => Ok(caller),
         Some((repo, wanted)) => {
@@ -89,6 +91,7 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
                 return Ok(caller);
             }
             let scope = berth_auth::Scope::repository(repo.as_str(), wanted).to_string();
+            let insufficient = caller.token.is_some();
             // Whoever can still get more access by signing in (or by asking for a token
             // with this scope) is told how; a signed-in password caller is refused.
             if anonymous || caller.token.is_some() {
@@ -96,7 +99,7 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
                     "access to {repo} ({}) requires more",
                     wanted.names().join(",")
                 ));
-                Err(refused(e, Some(scope)))
+                Err(refused(e, Some(Wanted { scope, insufficient })))
             } else {
                 Err(ApiError::new(
                     ErrorCode::Denied,
@@ -109,11 +112,18 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
 }
 
 /// The response to an authentication failure.
-pub(crate) fn refusal(auth: &Authenticator, extensions: &Extensions, e: AuthError, scope: Option<String>) -> Response {
+/// What a refused request would have needed: the scope for the challenge, and whether
+/// the caller's token lacked it (`error="insufficient_scope"`, as Distribution says).
+pub(crate) struct Wanted {
+    scope: String,
+    insufficient: bool,
+}
+
+pub(crate) fn refusal(auth: &Authenticator, extensions: &Extensions, e: AuthError, wanted: Option<Wanted>) -> Response {
     match e {
         AuthError::Unauthenticated(message) => {
             let mut resp = ApiError::new(ErrorCode::Unauthorized, message).into_response();
-            if let Some(challenge) = challenge(auth, extensions, scope.as_deref()) {
+            if let Some(challenge) = challenge(auth, extensions, wanted.as_ref()) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
             }
             resp
@@ -132,7 +142,7 @@ pub(crate) fn refusal(auth: &Authenticator, extensions: &Extensions, e: AuthErro
     }
 }
 
-fn challenge(auth: &Authenticator, extensions: &Extensions, scope: Option<&str>) -> Option<HeaderValue> {
+fn challenge(auth: &Authenticator, extensions: &Extensions, wanted: Option<&Wanted>) -> Option<HeaderValue> {
     let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let value = match auth.challenge() {
         Challenge::Basic { realm } => format!("Basic realm=\"{}\"", quoted(realm)),
@@ -142,8 +152,11 @@ fn challenge(auth: &Authenticator, extensions: &Extensions, scope: Option<&str>)
                 None => edge::absolute_url(extensions, "/auth/token")?,
             };
             let mut v = format!("Bearer realm=\"{}\",service=\"{}\"", quoted(&realm), quoted(service));
-            if let Some(scope) = scope {
-                v.push_str(&format!(",scope=\"{}\"", quoted(scope)));
+            if let Some(wanted) = wanted {
+                v.push_str(&format!(",scope=\"{}\"", quoted(&wanted.scope)));
+                if wanted.insufficient {
+                    v.push_str(",error=\"insufficient_scope\"");
+                }
             }
             v
         }

@@ -126,6 +126,9 @@ async fn token_server(extra: &[(&str, &str)]) -> Server {
     Server::with_env(&vars).await
 }
 
+/// What a challenge adds when the caller's token lacked the scope.
+const INSUFFICIENT: &str = "error=\"insufficient_scope\"";
+
 /// A token for `scopes` from the server's token endpoint (`GET` with basic auth).
 async fn token(s: &Server, user: &str, password: &str, scopes: &[&str]) -> String {
     let query: String = scopes.iter().map(|sc| format!("&scope={sc}")).collect();
@@ -160,12 +163,12 @@ async fn the_token_flow_docker_follows() {
     root.get("/v2/team/other/tags/list")
         .await
         .error(401, "UNAUTHORIZED")
-        .has("www-authenticate", &format!("{realm},scope=\"repository:team/other:pull\""));
+        .has("www-authenticate", &format!("{realm},scope=\"repository:team/other:pull\",{INSUFFICIENT}"));
     root.delete(&format!("/v2/team/app/manifests/{}", m.digest)).await.error(401, "UNAUTHORIZED");
     root.get("/v2/_catalog")
         .await
         .error(401, "UNAUTHORIZED")
-        .has("www-authenticate", &format!("{realm},scope=\"registry:catalog:*\""));
+        .has("www-authenticate", &format!("{realm},scope=\"registry:catalog:*\",{INSUFFICIENT}"));
     let t = token(&s, "root", "root-pw", &["registry:catalog:*"]).await;
     let listed = Server::as_caller(&s, &format!("Bearer {t}")).get("/v2/_catalog").await;
     assert_eq!(listed.status(200).json()["repositories"], serde_json::json!(["team/app"]));
