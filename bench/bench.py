@@ -8,6 +8,7 @@ round trip), Python threads with keep-alive http.client (bulk tag/repo creation,
 stalled downloads and slow uploads for the abuse rows). Disk limit: fio.
 """
 import argparse
+import base64
 import gzip
 import hashlib
 import http.client
@@ -280,6 +281,27 @@ def parallel(n_threads, items, fn, port):
         raise StepFailed(errors[0])
 
 
+def x5c_token(key_path, crt_path, scope_name="bench/small"):
+    """An ES256 JWT as Docker's token servers write it, with the signing certificate in
+    `x5c`, for Distribution's `auth.token.rootcertbundle`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    cert = x509.load_pem_x509_certificate(open(crt_path, "rb").read())
+    key = serialization.load_pem_private_key(open(key_path, "rb").read(), password=None)
+    header = {"alg": "ES256", "typ": "JWT",
+              "x5c": [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]}
+    now = int(time.time())
+    claims = {"iss": "bench-issuer", "sub": "bench", "aud": "bench", "exp": now + 3600, "nbf": now - 10,
+              "iat": now, "jti": hashlib.sha256(os.urandom(16)).hexdigest(),
+              "access": [{"type": "repository", "name": scope_name, "actions": ["pull"]}]}
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return signing_input + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
 # ---------------------------------------------------------------- servers
 class Server:
     def __init__(self, slot, binpath, work):
@@ -294,8 +316,9 @@ class Server:
         self.is_distribution = "distribution" in self.version.lower()
         self.logn = 0
 
-    def start(self, datadir):
-        """Start on a fresh port with storage in datadir; return seconds from spawn to ready."""
+    def start(self, datadir, auth=None):
+        """Start on a fresh port with storage in datadir; return seconds from spawn to ready.
+        `auth`: {"env": REGISTRY_* settings for Berth, "yaml": an `auth:` section for Distribution}."""
         self.datadir = datadir
         os.makedirs(datadir, exist_ok=True)
         self.port = free_port()
@@ -310,10 +333,11 @@ class Server:
             with open(cfg, "w") as f:
                 f.write("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
                         f"storage:\n  filesystem:\n    rootdirectory: {datadir}\n"
-                        f"http:\n  addr: 127.0.0.1:{self.port}\n")
+                        f"http:\n  addr: 127.0.0.1:{self.port}\n" + (auth["yaml"] if auth else ""))
             argv = [self.bin, "serve", cfg]
         else:
             argv = [self.bin, "serve"]
+            env.update(auth["env"] if auth else {})
         self.logn += 1
         self.logpath = os.path.join(self.work, f"{self.slot}-{self.logn}.log")
         logf = open(self.logpath, "w")
@@ -328,7 +352,7 @@ class Server:
                                  f"see {logf.name}")
             try:
                 st, _, _ = req(self.port, "GET", "/v2/", timeout=2)
-                if st == 200:
+                if st == 200 or (auth and st == 401):
                     return time.monotonic() - t0
             except OSError:
                 pass
@@ -703,6 +727,24 @@ class Bench:
         self.alternate(c["rounds"], concurrent_pull)
         self.limited = {f_mono: "push", f_chunk: "push", f_pull: "pull", f_conc: "pull"}
 
+    def wrk_get(self, s, fig, path, headers):
+        """wrk GETs of `path` on `s` for the configured time; records req/s, p50 and p99."""
+        c = self.cfg
+        url = s.url(path)
+        hargs = [a for k, v in {"Accept": ACCEPT, **headers}.items() for a in ("-H", f"{k}: {v}")]
+        out = run(["wrk", "-t2", f"-c{c['conns']}", f"-d{c['wrk_s']}s", "--latency",
+                   "-s", os.path.join(HERE, "wrk-report.lua"), *hargs, url], timeout=c["wrk_s"] + 60)
+        m = re.search(r"WRKJSON (\{.*\})", out)
+        if not m:
+            raise StepFailed(f"wrk output unparsable:\n{out}")
+        j = json.loads(m.group(1))
+        errs = {k: v for k, v in j.items() if k.endswith("_err") and v}
+        if errs or not j["requests"]:
+            raise StepFailed(f"wrk GET {url}: errors {errs} of {j['requests']} requests")
+        self.record(fig + " req/s ↑", s.slot, j["requests"] / (j["duration_us"] / 1e6))
+        self.record(fig + " p50 ms ↓", s.slot, j["p50_us"] / 1000)
+        self.record(fig + " p99 ms ↓", s.slot, j["p99_us"] / 1000)
+
     # -- request rates
     def request_rates(self):
         c = self.cfg
@@ -736,20 +778,7 @@ class Bench:
             def wrk(s, r, fig=fig, pathf=pathf):
                 if s.slot not in refs:
                     raise StepFailed("no image pushed")
-                url = s.url(pathf(s))
-                out = run(["wrk", "-t2", f"-c{conns}", f"-d{c['wrk_s']}s", "--latency",
-                           "-s", os.path.join(HERE, "wrk-report.lua"), "-H", f"Accept: {ACCEPT}", url],
-                          timeout=c["wrk_s"] + 60)
-                m = re.search(r"WRKJSON (\{.*\})", out)
-                if not m:
-                    raise StepFailed(f"wrk output unparsable:\n{out}")
-                j = json.loads(m.group(1))
-                errs = {k: v for k, v in j.items() if k.endswith("_err") and v}
-                if errs or not j["requests"]:
-                    raise StepFailed(f"wrk GET {url}: errors {errs} of {j['requests']} requests")
-                self.record(fig + " req/s ↑", s.slot, j["requests"] / (j["duration_us"] / 1e6))
-                self.record(fig + " p50 ms ↓", s.slot, j["p50_us"] / 1000)
-                self.record(fig + " p99 ms ↓", s.slot, j["p99_us"] / 1000)
+                self.wrk_get(s, fig, pathf(s), {})
             wrk.__name__ = "wrk " + fig
             self.alternate(c["wrk_rounds"], wrk)
 
@@ -1203,8 +1232,73 @@ class Bench:
         one.__name__ = "abuse"
         self.alternate(c["abuse_rounds"], one)
 
+    # -- authenticated request rates
+    def auth_modes(self):
+        """Both servers' basic auth (htpasswd, bcrypt) and bearer tokens: Berth's own token
+        service; for Distribution, a token signed by a test key whose certificate is its
+        `rootcertbundle` (x5c header), as an external token server would sign it."""
+        d = os.path.join(self.work, "auth")
+        os.makedirs(d, exist_ok=True)
+        htpasswd = os.path.join(d, "htpasswd")
+        with open(htpasswd, "w") as f:
+            f.write(run(["htpasswd", "-Bbn", "bench", "bench-pw"], timeout=30))
+        key, crt = os.path.join(d, "token.key"), os.path.join(d, "token.crt")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=bench-token-signer"], timeout=60)
+        basic = "Basic " + base64.b64encode(b"bench:bench-pw").decode()
+        berth_basic = {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "bench",
+                       "REGISTRY_AUTH_HTPASSWD_PATH": htpasswd}
+        dist_basic = f"auth:\n  htpasswd:\n    realm: bench\n    path: {htpasswd}\n"
+        berth_token = {"REGISTRY_BERTH_AUTH_TOKEN_ENABLED": "true", "REGISTRY_BERTH_AUTH_ADMIN_USERNAME": "bench",
+                       "REGISTRY_BERTH_AUTH_ADMIN_PASSWORD": "bench-pw"}
+        dist_token = ("auth:\n  token:\n    realm: http://127.0.0.1:9/token\n    service: bench\n"
+                      f"    issuer: bench-issuer\n    rootcertbundle: {crt}\n")
+
+        def berth_bearer(s):
+            st, _, b = req(s.port, "GET", "/auth/token?service=berth&scope=repository:bench/small:pull",
+                           headers={"Authorization": basic})
+            expect(st, 200, "token request")
+            return "Bearer " + json.loads(b)["token"]
+
+        return [("basic auth", {"berth": berth_basic, "distribution": dist_basic}, lambda s: basic),
+                ("bearer token", {"berth": berth_token, "distribution": dist_token},
+                 lambda s: berth_bearer(s) if not s.is_distribution else "Bearer " + x5c_token(key, crt))]
+
+    def auth_rates(self):
+        img = tiny_image("wrk-auth")
+        for mode, config, header in self.auth_modes():
+            dirs = self.fresh_dirs()
+            ready = {}
+            for s in self.servers:
+                try:
+                    # The image goes in before authentication is switched on.
+                    s.start(dirs[s.slot])
+                    push_tiny_image(Conn(s.port), "bench/small", "latest", img)
+                    s.stop()
+                    auth = {"env": config["berth"]} if not s.is_distribution else {"yaml": config["distribution"]}
+                    s.start(dirs[s.slot], auth=auth)
+                    h = {"Authorization": header(s)}
+                    st, _, b = req(s.port, "GET", "/v2/bench/small/manifests/latest", headers={"Accept": ACCEPT, **h})
+                    if st != 200 or b != img[2]:
+                        raise StepFailed(f"authenticated manifest GET answered {st}")
+                    expect(req(s.port, "GET", "/v2/bench/small/manifests/latest")[0], 401, "unauthenticated GET")
+                    ready[s.slot] = h
+                except Exception as e:  # noqa: BLE001
+                    self.fail(f"prepare {mode} [{s.slot}]", e)
+            fig = f"manifest GET by tag, {mode} ({self.cfg['conns']} conns)"
+
+            def wrk(s, r, fig=fig):
+                if s.slot not in ready:
+                    raise StepFailed("not prepared")
+                self.wrk_get(s, fig, "/v2/bench/small/manifests/latest", ready[s.slot])
+            wrk.__name__ = "wrk " + fig
+            try:
+                self.alternate(self.cfg["wrk_rounds"], wrk)
+            finally:
+                self.stop_all(dirs)
+
     # -- main
-    STEPS = ("limits", "throughput", "rss", "tags", "repos", "abuse")
+    STEPS = ("limits", "throughput", "rss", "tags", "repos", "abuse", "auth")
 
     def main(self):
         only = set(self.args.only.split(",")) if self.args.only else set(self.STEPS)
@@ -1218,6 +1312,8 @@ class Bench:
             self.step("many repos", self.many_repos)
         if "abuse" in only:
             self.step("abuse", self.abuse)
+        if "auth" in only:
+            self.step("authenticated rates", self.auth_rates)
 
     def main_throughput(self, only):
         dirs = self.fresh_dirs()
@@ -1336,7 +1432,7 @@ def report(b, command, smoke, elapsed):
         f"- Berth: `{bsrv.origin}` — `{bsrv.version}`",
         f"- Distribution: `{dsrv.origin}` — `{dsrv.version}`",
         f"- Storage: filesystem driver, one fresh directory per server and phase under `{b.work}`"
-        f" ({b.args.fs_info}); no auth; plain HTTP on 127.0.0.1.",
+        f" ({b.args.fs_info}); no auth except in the rows that name it (htpasswd with bcrypt on both; bearer tokens from Berth's own token service, and for Distribution an x5c-signed token checked against its `rootcertbundle`); plain HTTP on 127.0.0.1.",
         *limits_lines(b),
         "",
         "Values are medians over rounds; the two servers run side by side and alternate who goes first "

@@ -3,7 +3,7 @@
 #   bench/run.sh            full run, writes docs/BENCHMARKS.md (~15-20 min)
 #   bench/run.sh --smoke    tiny sizes, < 2 min, writes the table to a temp file; exits non-zero on any failed step
 #   bench/run.sh --out F    write the table to F instead
-#   bench/run.sh --only S   run only the comma-separated steps S of: limits,throughput,rss,tags,repos,abuse
+#   bench/run.sh --only S   run only the comma-separated steps S of: limits,throughput,rss,tags,repos,abuse,auth
 # Env: BERTH_BIN (default target/release/berth), DISTRIBUTION_BIN (default /usr/bin/docker-registry),
 #      BENCH_TMPDIR (parent of the work/storage dir, default $TMPDIR or /tmp), BENCH_KEEP=1 keeps the work dir.
 set -euo pipefail

@@ -35,6 +35,8 @@ pub struct AuthSettings {
     pub htpasswd: Option<(PathBuf, String)>,
     /// `berth.auth.token`, when enabled.
     pub token: Option<TokenSettings>,
+    /// registry:2's `auth.token`: tokens from an external token server.
+    pub external: Option<ExternalTokenSettings>,
     /// What anonymous and signed-in callers may do with repositories in no namespace.
     pub anonymous: Actions,
     pub authenticated: Actions,
@@ -53,6 +55,15 @@ pub struct TokenSettings {
     pub refresh_expiration: Duration,
     /// The token endpoint's URL when it is not this server's `/auth/token`.
     pub realm: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExternalTokenSettings {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    /// A JWKS file with the token server's public keys.
+    pub jwks: PathBuf,
 }
 
 /// How clients are told to authenticate.
@@ -145,11 +156,13 @@ pub struct Authenticator {
     meta: MetadataStore,
     htpasswd: Option<htpasswd::Htpasswd>,
     tokens: Option<TokenKeys>,
+    external: Option<tokens::ExternalKeys>,
     limiter: limiter::LoginLimiter,
     /// Passwords verified recently, keyed by a keyed hash of user, stored hash and
     /// password: a wrong password, or one whose stored hash changed, misses.
     verified: quick_cache::sync::Cache<[u8; 32], Instant>,
-    verified_tokens: quick_cache::sync::Cache<[u8; 32], Arc<Claims>>,
+    /// Callers proven by tokens, with the tokens' expiry, keyed by the tokens' SHA-256.
+    verified_tokens: quick_cache::sync::Cache<[u8; 32], (u64, Caller)>,
     cache_key: [u8; 32],
     hashing: tokio::sync::Semaphore,
 }
@@ -193,10 +206,18 @@ impl Authenticator {
             ),
             None => None,
         };
-        let challenge = match (&settings.token, &settings.htpasswd) {
-            (Some(t), _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
-            (None, Some((_, realm))) => Challenge::Basic { realm: realm.clone() },
-            (None, None) => Challenge::Basic { realm: "berth".into() },
+        let external = match &settings.external {
+            Some(e) => Some(
+                tokens::ExternalKeys::load(&e.jwks, e.issuer.clone(), e.service.clone())
+                    .context("loading the token server's keys (`auth.token.jwks`)")?,
+            ),
+            None => None,
+        };
+        let challenge = match (&settings.token, &settings.external, &settings.htpasswd) {
+            (Some(t), _, _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
+            (None, Some(e), _) => Challenge::Bearer { realm: Some(e.realm.clone()), service: e.service.clone() },
+            (None, None, Some((_, realm))) => Challenge::Basic { realm: realm.clone() },
+            (None, None, None) => Challenge::Basic { realm: "berth".into() },
         };
         if let Some((name, password)) = &settings.bootstrap_admin {
             let admin = UserRecord { name: name.clone(), password_hash: Some(hash_argon2(password)), admin: true };
@@ -213,6 +234,7 @@ impl Authenticator {
             meta,
             htpasswd,
             tokens,
+            external,
             verified: quick_cache::sync::Cache::new(10_000),
             verified_tokens: quick_cache::sync::Cache::new(10_000),
             cache_key,
@@ -306,31 +328,33 @@ impl Authenticator {
     }
 
     async fn check_token(&self, token: &str) -> Result<Caller, AuthError> {
-        let Some(keys) = &self.tokens else {
-            return Err(AuthError::Unauthenticated(
-                "bearer tokens are not accepted here: sign in with a password".into(),
-            ));
-        };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let claims = match self.verified_tokens.get(&key) {
-            Some(c) if c.exp > unix_now() => c,
-            _ => {
-                let claims = keys.verify(token).await?;
-                if claims.refresh.is_some() {
-                    return Err(AuthError::Unauthenticated("a refresh token is not an access token".into()));
-                }
-                let claims = Arc::new(claims);
-                self.verified_tokens.insert(key, claims.clone());
-                claims
+        if let Some((exp, caller)) = self.verified_tokens.get(&key) {
+            if exp > unix_now() {
+                return Ok(caller);
+            }
+        }
+        let claims = match (&self.tokens, &self.external) {
+            (Some(keys), _) => keys.verify(token).await?,
+            (None, Some(external)) => external.verify(token)?,
+            (None, None) => {
+                let m = "bearer tokens are not accepted here: sign in with a password";
+                return Err(AuthError::Unauthenticated(m.into()));
             }
         };
+        if claims.refresh.is_some() {
+            return Err(AuthError::Unauthenticated("a refresh token is not an access token".into()));
+        }
         let grants: Vec<Scope> = claims.access.iter().filter_map(AccessEntry::to_scope).collect();
         let principal = if claims.sub.is_empty() {
             Principal::Anonymous
         } else {
             Principal::User { name: claims.sub.clone(), admin: false }
         };
-        Ok(Caller { principal, token: Some(Arc::new(grants)) })
+        let caller = Caller { principal, token: Some(Arc::new(grants)) };
+        // A token's claims never change: what it proves can be kept until it expires.
+        self.verified_tokens.insert(key, (claims.exp, caller.clone()));
+        Ok(caller)
     }
 
     /// Checks a user's password (htpasswd first, then the database), remembering a

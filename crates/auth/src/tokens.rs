@@ -57,8 +57,11 @@ pub struct Claims {
     pub sub: String,
     pub aud: String,
     pub exp: u64,
+    #[serde(default)]
     pub nbf: u64,
+    #[serde(default)]
     pub iat: u64,
+    #[serde(default)]
     pub jti: String,
     #[serde(default)]
     pub access: Vec<AccessEntry>,
@@ -162,15 +165,7 @@ impl TokenKeys {
             Some(k) => k.clone(),
             None => self.reload_for(&kid).await?,
         };
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &key, &validation)
-            .map(|d| d.claims)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+        validate(token, &key, Algorithm::ES256, &self.issuer, &self.audience, &["exp", "nbf", "iss", "aud", "sub"])
     }
 
     async fn reload_for(&self, kid: &str) -> Result<DecodingKey, TokenError> {
@@ -181,6 +176,82 @@ impl TokenKeys {
             self.keys.store(Arc::new(load(&self.meta).await?));
         }
         self.keys.load().verifying.get(kid).cloned().ok_or_else(unknown)
+    }
+}
+
+/// The claims of `token` if `key` signed it with `algorithm` and issuer, audience and
+/// times hold (30 s leeway for clocks).
+fn validate(
+    token: &str,
+    key: &DecodingKey,
+    algorithm: Algorithm,
+    issuer: &str,
+    audience: &str,
+    required: &[&str],
+) -> Result<Claims, TokenError> {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.validate_nbf = true;
+    validation.leeway = 30;
+    validation.set_required_spec_claims(required);
+    jsonwebtoken::decode::<Claims>(token, key, &validation)
+        .map(|d| d.claims)
+        .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+/// The keys of an external token server (registry:2's `auth.token` with `jwks`): tokens
+/// are verified here, never issued.
+pub struct ExternalKeys {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    issuer: String,
+    audience: String,
+}
+
+impl ExternalKeys {
+    /// Reads a JWKS file. Each key needs a key id and an asymmetric type; its algorithm
+    /// is the one it names, or the one its type implies. Shared secrets are refused: a
+    /// registry that can verify with a secret could also forge with it.
+    pub fn load(path: &std::path::Path, issuer: String, audience: String) -> Result<ExternalKeys, TokenError> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+        let bad = |m: String| TokenError::Invalid(format!("{}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or_else(|| bad("a key has no \"kid\"".into()))?;
+            let implied = match &jwk.algorithm {
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P384 => Algorithm::ES384,
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                _ => return Err(bad(format!("key {kid:?} is not an asymmetric signing key"))),
+            };
+            let algorithm = match jwk.common.key_algorithm {
+                Some(a) => a.to_string().parse::<Algorithm>().map_err(|e| bad(format!("key {kid:?}: {e}")))?,
+                None => implied,
+            };
+            if algorithm.family() != implied.family() {
+                return Err(bad(format!("key {kid:?} names {algorithm:?}, which its key type cannot do")));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key {kid:?}: {e}")))?;
+            keys.insert(kid, (key, algorithm));
+        }
+        if keys.is_empty() {
+            return Err(bad("no keys".into()));
+        }
+        Ok(ExternalKeys { keys, issuer, audience })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
+        let (key, algorithm) =
+            self.keys.get(&kid).ok_or_else(|| TokenError::Invalid(format!("unknown key id {kid:?}")))?;
+        if header.alg != *algorithm {
+            return Err(TokenError::Invalid(format!("algorithm {:?} is not the key's", header.alg)));
+        }
+        validate(token, key, *algorithm, &self.issuer, &self.audience, &["exp", "iss", "aud"])
     }
 }
 

@@ -4,8 +4,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use berth_auth::{
-    hash_argon2, Actions, AuthError, AuthSettings, Authenticator, Caller, Credentials, Principal, TokenRequest,
-    TokenSettings,
+    hash_argon2, Actions, AuthError, AuthSettings, Authenticator, Caller, Credentials, ExternalTokenSettings,
+    Principal, TokenRequest, TokenSettings,
 };
 use berth_metadata::{MetadataStore, UserRecord};
 use std::net::IpAddr;
@@ -23,6 +23,7 @@ fn settings() -> AuthSettings {
             refresh_expiration: Duration::from_secs(3600),
             realm: None,
         }),
+        external: None,
         anonymous: Actions::PULL,
         authenticated: Actions::PULL.union(Actions::PUSH),
         bootstrap_admin: Some(("root".into(), "root-pw".into())),
@@ -250,4 +251,75 @@ async fn rotated_keys_keep_old_tokens_valid_on_every_instance() {
         // The other instance has not seen the new key yet: it reads it on first sight.
         assert!(bearer(&second, token).await.is_ok());
     }
+}
+
+/// A P-256 key of an "external token server": its JWKS entry and a signer.
+fn external_key(kid: &str) -> (serde_json::Value, jsonwebtoken::EncodingKey) {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::EncodePrivateKey;
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret.public_key().to_encoded_point(false);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "kid": kid,
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+    });
+    let der = secret.to_pkcs8_der().unwrap();
+    (jwk, jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()))
+}
+
+#[tokio::test]
+async fn tokens_of_an_external_token_server_are_verified_by_its_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jwk, signer) = external_key("ext-1");
+    let (_, stranger) = external_key("ext-1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let meta = MetadataStore::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+    let settings = AuthSettings {
+        token: None,
+        external: Some(ExternalTokenSettings {
+            realm: "https://auth.example.com/token".into(),
+            service: "registry.example.com".into(),
+            issuer: "auth.example.com".into(),
+            jwks,
+        }),
+        ..settings()
+    };
+    let auth = Authenticator::new(settings, meta).await.unwrap();
+    assert_eq!(
+        auth.challenge(),
+        &berth_auth::Challenge::Bearer {
+            realm: Some("https://auth.example.com/token".into()),
+            service: "registry.example.com".into()
+        }
+    );
+    assert!(!auth.issues_tokens());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "iss": "auth.example.com", "aud": "registry.example.com", "sub": "ci", "exp": now + 300,
+        "access": [{ "type": "repository", "name": "team/app", "actions": ["pull", "push"] }],
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ext-1".into());
+    let sign = |claims: &serde_json::Value, key: &jsonwebtoken::EncodingKey| {
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    };
+
+    let caller = bearer(&auth, &sign(&claims, &signer)).await.unwrap();
+    assert_eq!(auth.access(&caller, "team/app").await.unwrap(), Actions::PULL.union(Actions::PUSH));
+    assert_eq!(auth.access(&caller, "team/other").await.unwrap(), Actions::NONE);
+
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = "other".into();
+    let mut expired = claims.clone();
+    expired["exp"] = (now - 3600).into();
+    for (what, token) in [
+        ("another key with the same kid", sign(&claims, &stranger)),
+        ("wrong audience", sign(&wrong_aud, &signer)),
+        ("expired", sign(&expired, &signer)),
+    ] {
+        assert!(matches!(bearer(&auth, &token).await, Err(AuthError::Unauthenticated(_))), "{what} was accepted");
+    }
+    let refused = auth.issue(request(&[]), basic("root", "root-pw"), FROM).await.unwrap_err();
+    assert!(matches!(refused, AuthError::BadRequest(_)), "an external-token registry issues no tokens");
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
-use berth_auth::{Actions, AuthSettings, Authenticator, TokenSettings};
+use berth_auth::{Actions, AuthSettings, Authenticator, ExternalTokenSettings, TokenSettings};
 pub use berth_config as config;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::MetadataStore;
@@ -52,10 +52,24 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
     if auth.silly.is_some() {
         bail!("`auth.silly` is registry:2's test-only driver and is not supported: use `auth.htpasswd` or `berth.auth.token`");
     }
-    if auth.token.is_some() {
-        bail!("`auth.token` (an external token server) is not supported yet: use `berth.auth.token`");
-    }
-    if auth.htpasswd.is_none() && !ours.token.enabled {
+    let external = match &auth.token {
+        Some(_) if ours.token.enabled => {
+            bail!("`auth.token` (an external token server) and `berth.auth.token` (Berth's own) exclude each other")
+        }
+        Some(t) => {
+            let Some(jwks) = &t.jwks else {
+                bail!("`auth.token` needs `jwks` (the token server's public keys); `rootcertbundle` alone is not supported yet")
+            };
+            Some(ExternalTokenSettings {
+                realm: t.realm.clone(),
+                service: t.service.clone(),
+                issuer: t.issuer.clone(),
+                jwks: jwks.clone(),
+            })
+        }
+        None => None,
+    };
+    if auth.htpasswd.is_none() && !ours.token.enabled && external.is_none() {
         return Ok(None);
     }
     let level = |key: &str, value: &str| {
@@ -76,6 +90,7 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
             refresh_expiration: ours.token.refreshexpiration,
             realm: ours.token.realm.clone(),
         }),
+        external,
         anonymous,
         authenticated: level("authenticated", &ours.defaultaccess.authenticated)?,
         bootstrap_admin: ours.admin.as_ref().map(|a| (a.username.clone(), a.password.clone())),

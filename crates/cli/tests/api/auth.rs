@@ -242,3 +242,25 @@ async fn a_mount_needs_pull_on_its_source() {
     r.status(201);
     b.head(&format!("/v2/b/blobs/{}", blob.digest)).await.status(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_token_server_is_named_in_the_challenge() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let key = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+    std::fs::write(&jwks, key).unwrap();
+    let path = jwks.display().to_string();
+    let s = Server::with_env(&[
+        ("REGISTRY_AUTH_TOKEN_REALM", "https://auth.example.com/token"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "registry.example.com"),
+        ("REGISTRY_AUTH_TOKEN_ISSUER", "auth.example.com"),
+        ("REGISTRY_AUTH_TOKEN_JWKS", path.as_str()),
+    ])
+    .await;
+    s.get("/v2/team/app/tags/list").await.error(401, "UNAUTHORIZED").has(
+        "www-authenticate",
+        "Bearer realm=\"https://auth.example.com/token\",service=\"registry.example.com\",scope=\"repository:team/app:pull\"",
+    );
+    s.get("/auth/token").await.status(404);
+    Server::as_caller(&s, "Bearer e30.e30.e30").get("/v2/").await.error(401, "UNAUTHORIZED");
+}
