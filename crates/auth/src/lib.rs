@@ -270,7 +270,7 @@ impl Authenticator {
         match credentials {
             None => Ok(Caller::anonymous()),
             Some(Credentials::Basic { user, password }) => {
-                let principal = self.check_password(&user, &password, from).await?;
+                let (principal, _) = self.check_password(&user, &password, from).await?;
                 Ok(Caller { principal, token: None })
             }
             Some(Credentials::Bearer(token)) => self.check_token(&token).await,
@@ -359,19 +359,25 @@ impl Authenticator {
 
     /// Checks a user's password (htpasswd first, then the database), remembering a
     /// success for a short time, and counting failures against the user and address.
-    async fn check_password(&self, user: &str, password: &str, from: IpAddr) -> Result<Principal, AuthError> {
+    /// Returns the principal and the stored hash the password matched.
+    async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<(Principal, StoredHash), AuthError> {
         self.limiter.check(user, from).map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
-        let (stored, admin) = self.stored_credential(user).await?.unzip();
-        let ok = match &stored {
-            Some(hash) => self.verify_cached(user, hash, password).await?,
-            None => false,
-        };
-        if !ok {
-            self.limiter.failed(user, from);
-            tracing::info!(user, client = %from, "failed sign-in");
-            return Err(AuthError::Unauthenticated("invalid username or password".into()));
+        let stored = self.stored_credential(user).await?;
+        match stored {
+            Some((hash, admin)) if self.verify_cached(user, &hash, password).await? => {
+                Ok((Principal::User { name: user.to_owned(), admin }, hash))
+            }
+            _ => {
+                self.limiter.failed(user, from);
+                tracing::info!(user, client = %from, "failed sign-in");
+                Err(AuthError::Unauthenticated("invalid username or password".into()))
+            }
         }
-        Ok(Principal::User { name: user.to_owned(), admin: admin.unwrap_or(false) })
     }
 
     /// The stored hash of a user and whether they are an administrator.
@@ -429,9 +435,8 @@ impl Authenticator {
         let (principal, fingerprint) = match (&request.refresh_token, credentials) {
             (Some(refresh), _) => self.check_refresh(keys, refresh).await?,
             (None, Some(Credentials::Basic { user, password })) => {
-                let principal = self.check_password(&user, &password, from).await?;
-                let fingerprint = self.fingerprint(&user).await?;
-                (principal, fingerprint)
+                let (principal, stored) = self.check_password(&user, &password, from).await?;
+                (principal, Some(fingerprint(&stored)))
             }
             (None, Some(Credentials::Bearer(_))) => {
                 return Err(AuthError::Unauthenticated("sign in to the token endpoint with a password".into()))
@@ -491,19 +496,18 @@ impl Authenticator {
         let Some(fingerprint) = claims.refresh else {
             return Err(AuthError::Unauthenticated("an access token is not a refresh token".into()));
         };
-        if self.fingerprint(&claims.sub).await?.as_deref() != Some(fingerprint.as_str()) {
+        let current = self.stored_credential(&claims.sub).await?.map(|(hash, _)| self::fingerprint(&hash));
+        if current.as_deref() != Some(fingerprint.as_str()) {
             return Err(AuthError::Unauthenticated("the refresh token was revoked (the password changed)".into()));
         }
         let principal = self.token_principal(&claims.sub).await?;
         Ok((principal, Some(fingerprint)))
     }
+}
 
-    /// A one-way fingerprint of the user's stored hash (not of the password): equal as
-    /// long as the password is unchanged.
-    async fn fingerprint(&self, user: &str) -> Result<Option<String>, AuthError> {
-        Ok(self.stored_credential(user).await?.map(|(hash, _)| {
-            let digest = Sha256::digest(format!("berth-refresh\0{}", hash.as_str()).as_bytes());
-            URL_SAFE_NO_PAD.encode(&digest[..16])
-        }))
-    }
+/// A one-way fingerprint of a user's stored hash (not of the password): equal as long
+/// as the password is unchanged.
+fn fingerprint(stored: &StoredHash) -> String {
+    let digest = Sha256::digest(format!("berth-refresh\0{}", stored.as_str()).as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest[..16])
 }

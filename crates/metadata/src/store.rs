@@ -270,31 +270,23 @@ impl MetadataStore {
 
     /// Repository names after `last`, in byte order.
     pub async fn catalog(&self, last: &str, limit: u32) -> Result<Vec<String>> {
-        sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+        let query = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
             .bind(last)
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect()
+            .bind(i64::from(limit));
+        first_column(query.fetch_all(&self.read).await?)
     }
 
     // ---- blobs --------------------------------------------------------------------
 
     /// Repositories a blob is linked to, in name order, at most `limit`.
     pub async fn repositories_holding(&self, digest: &Digest, limit: u32) -> Result<Vec<String>> {
-        sqlx::query(
+        let query = sqlx::query(
             "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
              WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
         )
         .bind(digest.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect()
+        .bind(i64::from(limit));
+        first_column(query.fetch_all(&self.read).await?)
     }
 
     /// Size of a blob linked to the repository.
@@ -521,15 +513,11 @@ impl MetadataStore {
 
     /// Tag names after `last` in byte order, at most `limit`.
     pub async fn tags(&self, repository_id: i64, last: &str, limit: u32) -> Result<Vec<String>> {
-        sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+        let query = sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
             .bind(repository_id)
             .bind(last)
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect()
+            .bind(i64::from(limit));
+        first_column(query.fetch_all(&self.read).await?)
     }
 
     /// Manifests in the repository whose subject is `subject`, optionally of one
@@ -635,13 +623,8 @@ impl MetadataStore {
 
     /// Ids of sessions idle since before `cutoff_millis`.
     pub async fn idle_uploads(&self, cutoff_millis: i64) -> Result<Vec<String>> {
-        sqlx::query("SELECT id FROM uploads WHERE updated_at < $1 LIMIT 1000")
-            .bind(cutoff_millis)
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect()
+        let query = sqlx::query("SELECT id FROM uploads WHERE updated_at < $1 LIMIT 1000").bind(cutoff_millis);
+        first_column(query.fetch_all(&self.read).await?)
     }
 
     /// Every open session with the time of its last change, for reconciling sessions
@@ -682,6 +665,11 @@ impl MetadataStore {
             " FOR KEY SHARE"
         }
     }
+}
+
+/// The first column of every row (names, ids).
+fn first_column(rows: Vec<AnyRow>) -> Result<Vec<String>> {
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// The first reference of `m` not held by repository `repo`; `lock` (see
