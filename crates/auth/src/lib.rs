@@ -19,7 +19,7 @@ pub use tokens::{AccessEntry, Claims};
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use berth_metadata::{MetadataStore, UserRecord};
+use berth_metadata::{Actor, MetadataStore, NameRange, Role, UserRecord};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -40,6 +40,8 @@ pub struct AuthSettings {
     /// What anonymous and signed-in callers may do with repositories in no namespace.
     pub anonymous: Actions,
     pub authenticated: Actions,
+    /// How many leading components of a repository name make its namespace.
+    pub namespace_depth: usize,
     /// An administrator to create at first start.
     pub bootstrap_admin: Option<(String, String)>,
     pub login_failures: u32,
@@ -220,8 +222,13 @@ impl Authenticator {
             (None, None, None) => Challenge::Basic { realm: "berth".into() },
         };
         if let Some((name, password)) = &settings.bootstrap_admin {
-            let admin = UserRecord { name: name.clone(), password_hash: Some(hash_argon2(password)), admin: true };
-            if meta.create_user(&admin).await.context("creating the first administrator")? {
+            let admin = UserRecord {
+                name: name.clone(),
+                password_hash: Some(hash_argon2(password)),
+                admin: true,
+                expires_at: None,
+            };
+            if meta.create_user(&admin, &[], &Actor::system()).await.context("creating the first administrator")? {
                 tracing::info!(user = %name, "created the first administrator from the configuration");
             }
         }
@@ -286,11 +293,11 @@ impl Authenticator {
                 .fold(Actions::NONE, |acc, s| acc.union(s.actions));
             return Ok(granted);
         }
-        Ok(self.principal_access(&caller.principal, repository))
+        self.principal_access(&caller.principal, repository).await
     }
 
     /// Whether the caller may list repositories at all; the listing itself shows only
-    /// what [`Authenticator::access`] lets the caller pull.
+    /// what [`Authenticator::catalog_view`] lets the caller see.
     pub fn may_list_catalog(&self, caller: &Caller) -> bool {
         match &caller.token {
             Some(grants) => grants.iter().any(|s| s.resource == Resource::Catalog),
@@ -298,23 +305,89 @@ impl Authenticator {
         }
     }
 
-    /// Whether the catalog shows this caller anything: repositories are listed to those
-    /// who may pull them, by the caller's own rules (a token's subject, not its scopes).
-    pub async fn sees_catalog(&self, caller: &Caller) -> Result<bool, AuthError> {
+    /// Which repositories the catalog shows this caller: `None` for all, else the name
+    /// ranges of what it may pull, by the caller's own rules (a token's subject, not its
+    /// scopes). The ranges go into the query, so a page still costs a page.
+    pub async fn catalog_view(&self, caller: &Caller) -> Result<Option<Vec<NameRange>>, AuthError> {
         let principal = match &caller.token {
             Some(_) => self.token_principal(caller.principal.name()).await?,
             None => caller.principal.clone(),
         };
-        Ok(self.principal_access(&principal, "").contains(Actions::PULL))
+        if matches!(principal, Principal::User { admin: true, .. }) {
+            return Ok(None);
+        }
+        let by_default = self.default_access(&principal).contains(Actions::PULL);
+        let mut namespaces: Vec<_> = self
+            .meta
+            .namespace_visibility(principal.name())
+            .await?
+            .into_iter()
+            .filter(|n| n.name.split('/').count() == self.settings.namespace_depth && n.visible != by_default)
+            .map(|n| NameRange::namespace(&n.name))
+            .collect();
+        // Ranges sort by `name/`, which is not always the order of the names.
+        namespaces.sort_by(|a, b| a.from.cmp(&b.from));
+        if !by_default {
+            return Ok(Some(namespaces));
+        }
+        if namespaces.is_empty() {
+            return Ok(None);
+        }
+        // Everything but the namespaces the caller may not see: the gaps between them.
+        let mut ranges = Vec::with_capacity(namespaces.len() + 1);
+        let mut from = String::new();
+        for hidden in namespaces {
+            ranges.push(NameRange { from, to: Some(hidden.from) });
+            from = hidden.to.unwrap_or_default();
+        }
+        ranges.push(NameRange { from, to: None });
+        Ok(Some(ranges))
     }
 
-    /// What a principal may do with a repository by the rules, before any token limits.
-    fn principal_access(&self, principal: &Principal, _repository: &str) -> Actions {
+    /// The namespace `repository` belongs to, if its name is long enough to have one.
+    pub fn namespace_of<'a>(&self, repository: &'a str) -> Option<&'a str> {
+        let depth = self.settings.namespace_depth;
+        let end = repository.match_indices('/').nth(depth.checked_sub(1)?)?.0;
+        Some(&repository[..end])
+    }
+
+    /// What a principal may do with a repository by the rules, before any token limits:
+    /// global admins everything; in a namespace that exists, what the caller's role (held
+    /// directly or through a team) allows, plus pulling if it is public; elsewhere the
+    /// registry's defaults. Asked of the database on every request, so a changed role
+    /// applies to the next request.
+    async fn principal_access(&self, principal: &Principal, repository: &str) -> Result<Actions, AuthError> {
+        if let Principal::User { admin: true, .. } = principal {
+            return Ok(Actions::ALL);
+        }
+        let Some(namespace) = self.namespace_of(repository) else { return Ok(self.default_access(principal)) };
+        Ok(match self.meta.standing(namespace, principal.name()).await? {
+            None => self.default_access(principal),
+            Some(standing) => {
+                let public = if standing.public { Actions::PULL } else { Actions::NONE };
+                standing.role.map_or(Actions::NONE, role_actions).union(public)
+            }
+        })
+    }
+
+    /// What a principal may do with repositories in no namespace. Robots get what
+    /// anyone gets: their access is what their memberships say, nothing more.
+    fn default_access(&self, principal: &Principal) -> Actions {
         match principal {
             Principal::User { admin: true, .. } => Actions::ALL,
-            Principal::User { .. } => self.settings.authenticated,
-            Principal::Anonymous => self.settings.anonymous,
+            Principal::User { name, .. } if !name.starts_with(berth_metadata::ROBOT_PREFIX) => {
+                self.settings.authenticated
+            }
+            _ => self.settings.anonymous,
         }
+    }
+
+    /// The caller's role in a namespace, for managing it: global admins count as admins.
+    pub async fn namespace_role(&self, principal: &Principal, namespace: &str) -> Result<Option<Role>, AuthError> {
+        if let Principal::User { admin: true, .. } = principal {
+            return Ok(Some(Role::Admin));
+        }
+        Ok(self.meta.standing(namespace, principal.name()).await?.and_then(|s| s.role))
     }
 
     /// What a token principal may do: looked up again, so that a token names its
@@ -380,13 +453,17 @@ impl Authenticator {
         }
     }
 
-    /// The stored hash of a user and whether they are an administrator.
+    /// The stored hash of a user and whether they are an administrator. An expired
+    /// robot has none. htpasswd users are administrators if the database says so.
     async fn stored_credential(&self, user: &str) -> Result<Option<(StoredHash, bool)>, AuthError> {
-        if let Some(hash) = self.htpasswd.as_ref().and_then(|h| h.lookup(user)) {
-            return Ok(Some((hash, false)));
-        }
         let record = self.meta.user(user).await?;
-        Ok(record.and_then(|r| Some((StoredHash::recognise(r.password_hash.as_deref()?)?, r.admin))))
+        if let Some(hash) = self.htpasswd.as_ref().and_then(|h| h.lookup(user)) {
+            return Ok(Some((hash, record.is_some_and(|r| r.admin))));
+        }
+        let now = berth_metadata::now_millis();
+        Ok(record
+            .filter(|r| r.expires_at.is_none_or(|at| at > now))
+            .and_then(|r| Some((StoredHash::recognise(r.password_hash.as_deref()?)?, r.admin))))
     }
 
     async fn verify_cached(&self, user: &str, stored: &StoredHash, password: &str) -> Result<bool, AuthError> {
@@ -447,7 +524,7 @@ impl Authenticator {
         for requested in request.scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
             let Some(scope) = Scope::parse(requested) else { continue };
             let actions = match &scope.resource {
-                Resource::Repository(name) => self.principal_access(&principal, name).intersect(scope.actions),
+                Resource::Repository(name) => self.principal_access(&principal, name).await?.intersect(scope.actions),
                 Resource::Catalog if principal != Principal::Anonymous => Actions::ALL,
                 Resource::Catalog => Actions::NONE,
             };
@@ -510,4 +587,13 @@ impl Authenticator {
 fn fingerprint(stored: &StoredHash) -> String {
     let digest = Sha256::digest(format!("berth-refresh\0{}", stored.as_str()).as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// What a role allows on its namespace's repositories.
+pub fn role_actions(role: Role) -> Actions {
+    match role {
+        Role::Reader => Actions::PULL,
+        Role::Developer => Actions::PULL.union(Actions::PUSH),
+        Role::Maintainer | Role::Admin => Actions::ALL,
+    }
 }

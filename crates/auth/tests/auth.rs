@@ -7,7 +7,7 @@ use berth_auth::{
     hash_argon2, Actions, AuthError, AuthSettings, Authenticator, Caller, Credentials, ExternalTokenSettings,
     Principal, TokenRequest, TokenSettings,
 };
-use berth_metadata::{MetadataStore, UserRecord};
+use berth_metadata::{Actor, MetadataStore, UserRecord};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ fn settings() -> AuthSettings {
         login_failures: 3,
         login_window: Duration::from_secs(60),
         credential_cache: Duration::from_secs(60),
+        namespace_depth: 1,
     }
 }
 
@@ -42,8 +43,13 @@ struct Env {
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let meta = MetadataStore::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
-    let user = UserRecord { name: "alice".into(), password_hash: Some(hash_argon2("alice-pw")), admin: false };
-    assert!(meta.create_user(&user).await.unwrap());
+    let user = UserRecord {
+        name: "alice".into(),
+        password_hash: Some(hash_argon2("alice-pw")),
+        admin: false,
+        expires_at: None,
+    };
+    assert!(meta.create_user(&user, &[], &Actor::system()).await.unwrap());
     let auth = Authenticator::new(settings(), meta.clone()).await.unwrap();
     Env { _dir: dir, meta, auth }
 }
@@ -208,7 +214,7 @@ async fn refresh_tokens_last_until_the_password_changes() {
     let access = TokenRequest { refresh_token: Some(issued.token.clone()), ..request(&[]) };
     assert!(e.auth.issue(access, None, FROM).await.is_err(), "an access token is not a refresh token");
 
-    assert!(e.meta.set_password("alice", &hash_argon2("new-pw")).await.unwrap());
+    assert!(e.meta.set_password("alice", &hash_argon2("new-pw"), &Actor::system()).await.unwrap());
     let stale = TokenRequest { refresh_token: Some(refresh), ..request(&["repository:a:pull"]) };
     assert!(matches!(e.auth.issue(stale, None, FROM).await, Err(AuthError::Unauthenticated(_))));
 }
@@ -218,7 +224,7 @@ async fn a_changed_password_is_not_served_from_the_credential_cache() {
     let e = env().await;
     let caller = e.auth.authenticate(basic("alice", "alice-pw"), FROM).await.unwrap();
     assert_eq!(caller.principal.name(), "alice");
-    assert!(e.meta.set_password("alice", &hash_argon2("new-pw")).await.unwrap());
+    assert!(e.meta.set_password("alice", &hash_argon2("new-pw"), &Actor::system()).await.unwrap());
     assert!(e.auth.authenticate(basic("alice", "alice-pw"), FROM).await.is_err());
     assert!(e.auth.authenticate(basic("alice", "new-pw"), FROM).await.is_ok());
 }

@@ -97,6 +97,10 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         login_failures: ours.loginlimit.failures,
         login_window: ours.loginlimit.window,
         credential_cache: ours.credentialcache,
+        namespace_depth: match ours.namespacedepth {
+            d @ 1..=4 => d,
+            d => bail!("`berth.auth.namespacedepth` must be 1 to 4, not {d}"),
+        },
     }))
 }
 

@@ -258,6 +258,9 @@ pub struct BerthAuth {
     /// purpose) do not run on every request.
     #[serde(with = "duration")]
     pub credentialcache: Duration,
+    /// How many leading components of a repository name are its namespace (1: `team`
+    /// in `team/app`; 2: `org/team` in `org/team/app`).
+    pub namespacedepth: usize,
 }
 
 impl Default for BerthAuth {
@@ -268,6 +271,7 @@ impl Default for BerthAuth {
             admin: None,
             loginlimit: LoginLimit::default(),
             credentialcache: Duration::from_secs(60),
+            namespacedepth: 1,
         }
     }
 }

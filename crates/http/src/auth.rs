@@ -73,7 +73,7 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
         }
         None if matches!(action, Action::Catalog(_))
             && anonymous
-            && !auth.sees_catalog(&caller).await.unwrap_or(false) =>
+            && auth.catalog_view(&caller).await.ok().flatten().is_some_and(|ranges| ranges.is_empty()) =>
         {
             Err(refused(
                 AuthError::Unauthenticated("sign in to list repositories".into()),

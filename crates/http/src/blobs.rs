@@ -7,6 +7,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use berth_proto::{Digest, RepositoryName};
+use berth_registry::Actor;
 
 pub(crate) async fn get(app: &App, repo: RepositoryName, digest: Digest, req: Request) -> Result<Response, ApiError> {
     let size = app.registry.blob_size(&repo, &digest).await?;
@@ -40,7 +41,12 @@ pub(crate) async fn get(app: &App, repo: RepositoryName, digest: Digest, req: Re
     Ok(resp)
 }
 
-pub(crate) async fn delete(app: &App, repo: RepositoryName, digest: Digest) -> Result<Response, ApiError> {
-    app.registry.delete_blob(&repo, &digest).await?;
+pub(crate) async fn delete(
+    app: &App,
+    repo: RepositoryName,
+    digest: Digest,
+    actor: &Actor,
+) -> Result<Response, ApiError> {
+    app.registry.delete_blob(&repo, &digest, actor).await?;
     Ok(crate::empty_response(StatusCode::ACCEPTED))
 }

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use berth_auth::{Authenticator, Caller};
-use berth_registry::Registry;
+use berth_registry::{Actor, Registry};
 use error::ApiError;
 use route::{Action, UploadStart};
 use std::sync::Arc;
@@ -70,22 +70,25 @@ async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
 }
 
 async fn handle(app: &App, action: Action, caller: Option<Caller>, req: Request<Body>) -> Result<Response, ApiError> {
+    let actor =
+        Actor::new(caller.as_ref().map_or("", |c| c.principal.name()), auth::client_ip(req.extensions()).to_string());
+    let actor = &actor;
     match action {
         Action::Base => Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec())),
         Action::Catalog(q) => {
-            let visible = match (&app.auth, &caller) {
-                (Some(auth), Some(caller)) => auth.sees_catalog(caller).await.map_err(auth::internal)?,
-                _ => true,
+            let within = match (&app.auth, &caller) {
+                (Some(auth), Some(caller)) => auth.catalog_view(caller).await.map_err(auth::internal)?,
+                _ => None,
             };
-            manifests::catalog(app, q, visible).await
+            manifests::catalog(app, q, within.as_deref()).await
         }
         Action::ListTags(repo, q) => manifests::tags(app, repo, q).await,
         Action::GetManifest(repo, reference) => manifests::get(app, repo, reference, req).await,
-        Action::PutManifest(repo, reference) => manifests::put(app, repo, reference, req).await,
-        Action::DeleteManifest(repo, reference) => manifests::delete(app, repo, reference).await,
+        Action::PutManifest(repo, reference) => manifests::put(app, repo, reference, req, actor).await,
+        Action::DeleteManifest(repo, reference) => manifests::delete(app, repo, reference, actor).await,
         Action::Referrers(repo, digest, artifact_type) => manifests::referrers(app, repo, digest, artifact_type).await,
         Action::GetBlob(repo, digest) => blobs::get(app, repo, digest, req).await,
-        Action::DeleteBlob(repo, digest) => blobs::delete(app, repo, digest).await,
+        Action::DeleteBlob(repo, digest) => blobs::delete(app, repo, digest, actor).await,
         Action::StartUpload(repo, start) => {
             let start = match (&app.auth, &caller, start) {
                 (Some(auth), Some(caller), UploadStart::Mount(digest, from)) => {

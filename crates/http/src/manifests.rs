@@ -8,7 +8,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use berth_proto::{media, Digest, ErrorCode, ListQuery, Reference, RepositoryName};
-use berth_registry::Page;
+use berth_registry::{Actor, NameRange, Page};
 use serde_json::json;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
@@ -44,6 +44,7 @@ pub(crate) async fn put(
     repo: RepositoryName,
     reference: Reference,
     req: Request,
+    actor: &Actor,
 ) -> Result<Response, ApiError> {
     let max = app.registry.settings().max_manifest_size;
     let too_large = || ApiError::new(ErrorCode::TooLarge, format!("manifest exceeds the limit of {max} bytes"));
@@ -60,7 +61,7 @@ pub(crate) async fn put(
         }
     })?;
     let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let put = app.registry.put_manifest(&repo, &reference, content_type, bytes).await?;
+    let put = app.registry.put_manifest(&repo, &reference, content_type, bytes, actor).await?;
     let mut resp = empty_response(StatusCode::CREATED);
     let location = edge::url(&app.options, &parts.extensions, &format!("/v2/{repo}/manifests/{}", put.digest));
     let h = resp.headers_mut();
@@ -72,8 +73,13 @@ pub(crate) async fn put(
     Ok(resp)
 }
 
-pub(crate) async fn delete(app: &App, repo: RepositoryName, reference: Reference) -> Result<Response, ApiError> {
-    app.registry.delete_manifest(&repo, &reference).await?;
+pub(crate) async fn delete(
+    app: &App,
+    repo: RepositoryName,
+    reference: Reference,
+    actor: &Actor,
+) -> Result<Response, ApiError> {
+    app.registry.delete_manifest(&repo, &reference, actor).await?;
     Ok(empty_response(StatusCode::ACCEPTED))
 }
 
@@ -94,10 +100,10 @@ pub(crate) async fn tags(app: &App, repo: RepositoryName, q: ListQuery) -> Resul
     Ok(page_response(body, &page, |last| format!("/v2/{repo}/tags/list?n={n}&last={last}")))
 }
 
-/// The catalog; `visible: false` (a caller who may pull nothing) lists nothing.
-pub(crate) async fn catalog(app: &App, q: ListQuery, visible: bool) -> Result<Response, ApiError> {
+/// The catalog, limited to `within` (the name ranges the caller may see) if given.
+pub(crate) async fn catalog(app: &App, q: ListQuery, within: Option<&[NameRange]>) -> Result<Response, ApiError> {
     let n = q.n;
-    let page = if visible { app.registry.catalog(q.last.as_deref(), n).await? } else { Page::empty() };
+    let page = app.registry.catalog(q.last.as_deref(), n, within).await?;
     let body = json!({ "repositories": page.names });
     let n = n.map_or(page.names.len(), |n| n as usize);
     Ok(page_response(body, &page, |last| format!("/v2/_catalog?n={n}&last={last}")))

@@ -1,7 +1,12 @@
-//! Who may sign in and the token service's keys.
+//! Who may sign in (people and robots) and the token service's keys.
 
+use crate::audit::{Actor, Record};
+use crate::namespaces::Member;
 use crate::store::{now_millis, MetadataStore, Result};
 use sqlx::Row;
+
+/// Robot accounts' names start with this, so no person can take one's name.
+pub const ROBOT_PREFIX: &str = "robot$";
 
 /// A user whose password (if any) is kept in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +15,14 @@ pub struct UserRecord {
     /// argon2id, as a PHC string; `None` for users who sign in elsewhere (LDAP, OIDC).
     pub password_hash: Option<String>,
     pub admin: bool,
+    /// When the account stops working (milliseconds since the epoch); robots have one.
+    pub expires_at: Option<i64>,
+}
+
+impl UserRecord {
+    pub fn is_robot(&self) -> bool {
+        self.name.starts_with(ROBOT_PREFIX)
+    }
 }
 
 /// A signing key of the built-in token service.
@@ -23,45 +36,108 @@ pub struct SigningKey {
 
 impl MetadataStore {
     pub async fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let row = sqlx::query("SELECT name, password_hash, admin FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.reader())
-            .await?;
-        row.map(|r| {
-            Ok(UserRecord { name: r.try_get(0)?, password_hash: r.try_get(1)?, admin: r.try_get::<i64, _>(2)? != 0 })
-        })
-        .transpose()
+        let row =
+            sqlx::query(&format!("{USER_COLUMNS} WHERE name = $1")).bind(name).fetch_optional(self.reader()).await?;
+        row.as_ref().map(user_from).transpose()
     }
 
-    /// Creates a user; `false` if the name is taken.
-    pub async fn create_user(&self, user: &UserRecord) -> Result<bool> {
+    /// Users (people and robots) after `after` in name order.
+    pub async fn users(&self, after: &str, limit: u32) -> Result<Vec<UserRecord>> {
+        sqlx::query(&format!("{USER_COLUMNS} WHERE name > $1 ORDER BY name LIMIT $2"))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(user_from)
+            .collect()
+    }
+
+    /// Creates a user (and, for a robot, its memberships) in one transaction; `false`
+    /// if the name is taken. Memberships in namespaces that do not exist are skipped.
+    pub async fn create_user(
+        &self,
+        user: &UserRecord,
+        memberships: &[(String, Member)],
+        actor: &Actor,
+    ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
-            "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO users (name, password_hash, admin, expires_at, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&user.name)
         .bind(&user.password_hash)
         .bind(i64::from(user.admin))
+        .bind(user.expires_at)
         .bind(now_millis())
         .execute(tx.conn())
         .await?
         .rows_affected();
+        if done == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (namespace, m) in memberships {
+            sqlx::query(
+                "INSERT INTO namespace_members (namespace, kind, member, role) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM namespaces WHERE name = $1) \
+                 ON CONFLICT (namespace, kind, member) DO UPDATE SET role = excluded.role",
+            )
+            .bind(namespace)
+            .bind(m.kind.as_str())
+            .bind(&m.name)
+            .bind(m.role.as_str())
+            .execute(tx.conn())
+            .await?;
+        }
+        let grants: Vec<_> =
+            memberships.iter().map(|(ns, m)| serde_json::json!({ "namespace": ns, "role": m.role.as_str() })).collect();
+        let detail = serde_json::json!({ "admin": user.admin, "expires_at": user.expires_at, "grants": grants });
+        let action = if user.is_robot() { "robot.create" } else { "user.create" };
+        tx.audit(actor, Record::ok(action, &user.name).with(detail.to_string())).await?;
         tx.commit().await?;
-        Ok(done == 1)
+        Ok(true)
     }
 
     /// Replaces a user's password hash; `false` if there is no such user.
-    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+    pub async fn set_password(&self, name: &str, password_hash: &str, actor: &Actor) -> Result<bool> {
+        let q = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2").bind(password_hash).bind(name);
+        self.change_one(q, actor, Record::ok("user.password", name)).await
+    }
+
+    /// Makes a user a global administrator or not. A user who signs in elsewhere
+    /// (htpasswd, LDAP) gets a row without a password.
+    pub async fn set_admin(&self, name: &str, admin: bool, actor: &Actor) -> Result<()> {
+        let q = sqlx::query(
+            "INSERT INTO users (name, admin, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET admin = excluded.admin",
+        )
+        .bind(name)
+        .bind(i64::from(admin))
+        .bind(now_millis());
+        let detail = serde_json::json!({ "admin": admin }).to_string();
+        self.change_one(q, actor, Record::ok("user.admin", name).with(detail)).await.map(drop)
+    }
+
+    /// Deletes a user or robot with every role it held; its tokens stop working when
+    /// they are next checked against the rules (at the latest when they expire).
+    pub async fn delete_user(&self, name: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
-            .bind(password_hash)
-            .bind(name)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+        for sql in [
+            "DELETE FROM namespace_members WHERE kind = 'user' AND member = $1",
+            "DELETE FROM team_members WHERE member = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(tx.conn()).await?;
+        }
+        if sqlx::query("DELETE FROM users WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let action = if name.starts_with(ROBOT_PREFIX) { "robot.delete" } else { "user.delete" };
+        tx.audit(actor, Record::ok(action, name)).await?;
         tx.commit().await?;
-        Ok(done == 1)
+        Ok(true)
     }
 
     /// Keys that verify tokens, oldest first; the last one signs.
@@ -86,4 +162,15 @@ impl MetadataStore {
             .await?;
         tx.commit().await
     }
+}
+
+const USER_COLUMNS: &str = "SELECT name, password_hash, admin, expires_at FROM users";
+
+fn user_from(r: &sqlx::any::AnyRow) -> Result<UserRecord> {
+    Ok(UserRecord {
+        name: r.try_get(0)?,
+        password_hash: r.try_get(1)?,
+        admin: r.try_get::<i64, _>(2)? != 0,
+        expires_at: r.try_get(3)?,
+    })
 }

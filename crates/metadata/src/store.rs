@@ -1,3 +1,4 @@
+use crate::audit::{Actor, Record};
 use berth_proto::Digest;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
@@ -20,6 +21,8 @@ pub(crate) struct WriteTx {
     conn: PoolConnection<Any>,
     ended: bool,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Audit lines for the log stream, emitted once the transaction commits.
+    pub(crate) logged: Vec<String>,
 }
 
 impl WriteTx {
@@ -33,12 +36,15 @@ impl WriteTx {
         Ok(())
     }
 
-    pub(crate) async fn commit(self) -> Result<()> {
-        self.end("COMMIT").await
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        let logged = std::mem::take(&mut self.logged);
+        self.end("COMMIT").await?;
+        crate::audit::emit(&logged);
+        Ok(())
     }
 
     /// Ends a transaction that changed nothing worth keeping.
-    async fn rollback(self) -> Result<()> {
+    pub(crate) async fn rollback(self) -> Result<()> {
         self.end("ROLLBACK").await
     }
 }
@@ -244,7 +250,7 @@ impl MetadataStore {
             Some(w) => Some(w.clone().lock_owned().await),
             None => None,
         };
-        let mut tx = WriteTx { conn: pool.acquire().await?, ended: false, _guard: guard };
+        let mut tx = WriteTx { conn: pool.acquire().await?, ended: false, _guard: guard, logged: Vec::new() };
         // SQLite: take the write lock now rather than on the first write, so a
         // transaction never has to upgrade from reading (it cannot fail half-way for that).
         tx.conn.execute(if self.sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
@@ -366,14 +372,14 @@ impl MetadataStore {
 
     /// Removes a blob's link from a repository. The bytes stay until garbage collection
     /// finds them unreferenced everywhere.
-    pub async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
-        let done = sqlx::query(
+    pub async fn unlink_blob(&self, repository: &str, digest: &Digest, actor: &Actor) -> Result<bool> {
+        let q = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = $2 \
              AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository)
         .bind(digest.as_str());
-        Ok(self.write_one(done).await? > 0)
+        self.change_one(q, actor, Record::ok("blob.delete", &format!("{repository}@{digest}"))).await
     }
 
     // ---- manifests and tags -------------------------------------------------------
@@ -385,6 +391,7 @@ impl MetadataStore {
         repository: &str,
         m: &NewManifest<'_>,
         tag: Option<&str>,
+        actor: &Actor,
     ) -> std::result::Result<(), PutManifestError> {
         let mut tx = self.begin().await?;
         let repo = Self::ensure_repository(&mut tx, repository).await?;
@@ -423,7 +430,15 @@ impl MetadataStore {
                 .await?;
             }
         }
+        let mut previous = None;
         if let Some(tag) = tag {
+            previous = sqlx::query("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2")
+                .bind(repo)
+                .bind(tag)
+                .fetch_optional(tx.conn())
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?;
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = $3, updated_at = $4",
@@ -434,6 +449,13 @@ impl MetadataStore {
             .bind(now)
             .execute(tx.conn())
             .await?;
+        }
+        let target = format!("{repository}@{}", m.digest);
+        let detail = serde_json::json!({ "tag": tag, "media_type": m.media_type }).to_string();
+        tx.audit(actor, Record::ok("manifest.push", &target).with(detail)).await?;
+        if let (Some(tag), Some(previous)) = (tag, previous.filter(|p| p != m.digest.as_str())) {
+            let detail = serde_json::json!({ "from": previous, "to": m.digest.as_str() }).to_string();
+            tx.audit(actor, Record::ok("tag.overwrite", &format!("{repository}:{tag}")).with(detail)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -474,7 +496,7 @@ impl MetadataStore {
     }
 
     /// Deletes a manifest, the tags on it and its references. Returns false if absent.
-    pub async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool> {
+    pub async fn delete_manifest(&self, repository: &str, digest: &Digest, actor: &Actor) -> Result<bool> {
         let mut tx = self.begin().await?;
         let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository)
@@ -497,18 +519,23 @@ impl MetadataStore {
         ] {
             sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(tx.conn()).await?;
         }
+        if deleted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.audit(actor, Record::ok("manifest.delete", &format!("{repository}@{digest}"))).await?;
         tx.commit().await?;
-        Ok(deleted > 0)
+        Ok(true)
     }
 
     /// Removes one tag; the manifest stays. Returns false if there was no such tag.
-    pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool> {
-        let done = sqlx::query(
+    pub async fn delete_tag(&self, repository: &str, tag: &str, actor: &Actor) -> Result<bool> {
+        let q = sqlx::query(
             "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository)
         .bind(tag);
-        Ok(self.write_one(done).await? > 0)
+        self.change_one(q, actor, Record::ok("tag.delete", &format!("{repository}:{tag}"))).await
     }
 
     /// Tag names after `last` in byte order, at most `limit`.
@@ -577,6 +604,24 @@ impl MetadataStore {
         let n = q.execute(tx.conn()).await?.rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// Runs one statement as its own write transaction with its audit event; false, and
+    /// nothing recorded, when it changed no row.
+    pub(crate) async fn change_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+        actor: &Actor,
+        record: Record<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        if q.execute(tx.conn()).await?.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.audit(actor, record).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
@@ -668,7 +713,7 @@ impl MetadataStore {
 }
 
 /// The first column of every row (names, ids).
-fn first_column(rows: Vec<AnyRow>) -> Result<Vec<String>> {
+pub(crate) fn first_column(rows: Vec<AnyRow>) -> Result<Vec<String>> {
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 

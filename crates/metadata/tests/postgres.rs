@@ -4,7 +4,7 @@
 //! waits, so nothing depends on timing. Skipped, with a message, unless
 //! `BERTH_TEST_POSTGRES` names a server (`scripts/test.sh` starts one).
 
-use berth_metadata::{MetadataStore, NewManifest};
+use berth_metadata::{Actor, MetadataStore, NewManifest};
 use berth_proto::Digest;
 use sqlx::{Connection, Executor, PgConnection};
 use std::time::Duration;
@@ -60,7 +60,7 @@ async fn a_tag_pushed_while_its_manifest_is_deleted_never_dangles() {
     let Some(url) = fresh_database("dangling_tag").await else { return };
     let store = MetadataStore::open(&url).await.unwrap();
     let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-    store.put_manifest("app", &manifest(&digest), None).await.unwrap();
+    store.put_manifest("app", &manifest(&digest), None, &Actor::system()).await.unwrap();
 
     let mut blocker = PgConnection::connect(&url).await.unwrap();
     blocker.execute("BEGIN").await.unwrap();
@@ -69,12 +69,17 @@ async fn a_tag_pushed_while_its_manifest_is_deleted_never_dangles() {
 
     let push = tokio::spawn({
         let (store, digest) = (store.clone(), digest.clone());
-        async move { store.put_manifest("app", &manifest(&digest), Some("v1")).await.map_err(|e| format!("{e:?}")) }
+        async move {
+            store
+                .put_manifest("app", &manifest(&digest), Some("v1"), &Actor::system())
+                .await
+                .map_err(|e| format!("{e:?}"))
+        }
     });
     lock_waiters(&mut watcher, 1).await;
     let mut delete = tokio::spawn({
         let (store, digest) = (store.clone(), digest.clone());
-        async move { store.delete_manifest("app", &digest).await }
+        async move { store.delete_manifest("app", &digest, &Actor::system()).await }
     });
     // Either the delete waits for the push (correct), or it finishes under it.
     let deleted_early = tokio::select! {

@@ -11,6 +11,9 @@ mod maintenance;
 mod manifests;
 mod uploads;
 
+/// Who is acting: passed to every write, so that audit (and later quotas and webhooks)
+/// know without new plumbing.
+pub use berth_metadata::{Actor, NameRange};
 pub use cache::ManifestEntry;
 pub use error::{RegistryError, Result};
 pub use listing::Page;
@@ -159,10 +162,10 @@ impl Registry {
 
     /// Removes a blob from a repository. Its bytes stay for other repositories and for
     /// garbage collection to judge.
-    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest, actor: &Actor) -> Result<()> {
         self.require_delete()?;
-        let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
-        if self.write(repo, async move { meta.unlink_blob(name.as_str(), &d).await }).await?? {
+        let (meta, name, d, actor) = (self.meta.clone(), repo.clone(), digest.clone(), actor.clone());
+        if self.write(repo, async move { meta.unlink_blob(name.as_str(), &d, &actor).await }).await?? {
             Ok(())
         } else {
             Err(RegistryError::blob_unknown(digest))

@@ -1,6 +1,6 @@
 //! Tag and repository listings, paginated by key: a page costs a page.
 
-use crate::{cache, Registry, RegistryError, Result};
+use crate::{cache, NameRange, Registry, RegistryError, Result};
 use berth_proto::{ErrorCode, RepositoryName};
 use std::sync::Arc;
 
@@ -64,12 +64,17 @@ impl Registry {
         Ok(id)
     }
 
-    pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+    /// A page of repository names; `within` limits it to the ranges a caller may see.
+    pub async fn catalog(&self, last: Option<&str>, n: Option<u32>, within: Option<&[NameRange]>) -> Result<Page> {
         let limit = n.unwrap_or(MAX_CATALOG_PAGE).min(MAX_CATALOG_PAGE);
         if limit == 0 {
             return Ok(Page { names: Vec::new(), more: false });
         }
-        let names = self.meta.catalog(last.unwrap_or(""), limit + 1).await?;
+        let last = last.unwrap_or("");
+        let names = match within {
+            None => self.meta.catalog(last, limit + 1).await?,
+            Some(ranges) => self.meta.catalog_within(ranges, last, limit + 1).await?,
+        };
         Ok(Page::from_fetch(names, limit))
     }
 }

@@ -1,7 +1,7 @@
 //! Manifests: validated on push, stored byte for byte, served from metadata.
 
 use crate::cache::{self, ManifestEntry};
-use crate::{Registry, RegistryError, Result};
+use crate::{Actor, Registry, RegistryError, Result};
 use berth_metadata::{NewManifest, PutManifestError, StoredManifest};
 use berth_proto::{media, Algorithm, Digest, ErrorCode, Manifest, Reference, RepositoryName};
 use bytes::Bytes;
@@ -65,6 +65,7 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
+        actor: &Actor,
     ) -> Result<ManifestPut> {
         self.require_writable()?;
         let manifest =
@@ -105,9 +106,9 @@ impl Registry {
         if self.blobs.stat(&digest).await?.is_none() {
             self.blobs.put_bytes(&digest, record.content.clone()).await?;
         }
-        let (meta, name, subject) = (self.meta.clone(), repo.clone(), record.subject.clone());
-        let put =
-            self.write(repo, async move { meta.put_manifest(name.as_str(), &record.view(), tag.as_deref()).await });
+        let (meta, name, subject, actor) = (self.meta.clone(), repo.clone(), record.subject.clone(), actor.clone());
+        let put = self
+            .write(repo, async move { meta.put_manifest(name.as_str(), &record.view(), tag.as_deref(), &actor).await });
         match put.await? {
             Ok(()) => Ok(ManifestPut { subject, digest }),
             Err(PutManifestError::Missing(target)) => Err(missing(repo, &target)),
@@ -149,14 +150,14 @@ impl Registry {
     }
 
     /// Deletes a manifest by digest (with its tags), or only a tag.
-    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference, actor: &Actor) -> Result<()> {
         self.require_delete()?;
-        let (meta, name, r) = (self.meta.clone(), repo.clone(), reference.clone());
+        let (meta, name, r, actor) = (self.meta.clone(), repo.clone(), reference.clone(), actor.clone());
         let deleted = self
             .write(repo, async move {
                 match r {
-                    Reference::Tag(t) => meta.delete_tag(name.as_str(), t.as_str()).await,
-                    Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d).await,
+                    Reference::Tag(t) => meta.delete_tag(name.as_str(), t.as_str(), &actor).await,
+                    Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d, &actor).await,
                 }
             })
             .await??;
