@@ -6,6 +6,7 @@
 //! for a [`Caller`], and [`Authenticator::access`] for what that caller may do with a
 //! repository. Nothing here knows HTTP.
 
+pub mod admin;
 mod htpasswd;
 mod limiter;
 mod password;

@@ -247,6 +247,15 @@ impl MetadataStore {
             .collect()
     }
 
+    /// The namespaces where a user or team holds a role directly.
+    pub async fn memberships(&self, kind: MemberKind, name: &str) -> Result<Vec<String>> {
+        let q =
+            sqlx::query("SELECT namespace FROM namespace_members WHERE kind = $1 AND member = $2 ORDER BY namespace")
+                .bind(kind.as_str())
+                .bind(name);
+        crate::store::first_column(q.fetch_all(self.reader()).await?)
+    }
+
     /// Gives a member a role in a namespace (replacing any role it had there); false if
     /// the namespace does not exist.
     pub async fn set_member(&self, namespace: &str, member: &Member, actor: &Actor) -> Result<bool> {
