@@ -252,7 +252,7 @@ impl LdapDirectory {
         let bound = self.step(SERVICE_BIND, service.simple_bind(&search.bind_dn, &search.bind_password)).await?;
         self.expect_success(SERVICE_BIND, bound)?;
 
-        let filter = search.filter.replace("{username}", &ldap_escape(username));
+        let filter = fill(&search.filter, &[("{username}", &ldap_escape(username))]);
         // A size limit of 2 is enough to tell one match from several; "1.1" asks for no
         // attributes, only the DN.
         let found = service.with_search_options(SearchOptions::new().sizelimit(2)).search(
@@ -298,7 +298,7 @@ impl LdapDirectory {
         username: &str,
         password: &str,
     ) -> Result<Option<DirectoryUser>, LdapError> {
-        let dn = user_dn.replace("{username}", &dn_escape(username));
+        let dn = fill(user_dn, &[("{username}", &dn_escape(username))]);
         let mut ldap = self.connect().await?;
         if !self.bind_user(&mut ldap, &dn, password).await? {
             return Ok(None);
@@ -325,7 +325,7 @@ impl LdapDirectory {
     async fn groups(&self, ldap: &mut Ldap, dn: &str, username: &str) -> Result<Vec<String>, LdapError> {
         const GROUP_SEARCH: &str = "group search";
         let Some(groups) = &self.groups else { return Ok(Vec::new()) };
-        let filter = groups.filter.replace("{dn}", &ldap_escape(dn)).replace("{username}", &ldap_escape(username));
+        let filter = fill(&groups.filter, &[("{dn}", &ldap_escape(dn)), ("{username}", &ldap_escape(username))]);
         let search = ldap.search(&groups.base_dn, Scope::Subtree, &filter, vec![groups.name_attribute.as_str()]);
         let ldap3::SearchResult(entries, result) = self.step(GROUP_SEARCH, search).await?;
         self.expect_success(GROUP_SEARCH, result)?;
@@ -384,6 +384,25 @@ impl LdapDirectory {
     ) -> Result<(String, Vec<String>), LdapError> {
         parse_entry(entry, attribute).ok_or_else(|| LdapError::Malformed { server: self.url.clone(), operation })
     }
+}
+
+/// The template with its placeholders replaced by the values, in one pass: a value that
+/// holds a placeholder's text (a DN may) is not filled in again.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut filled = String::with_capacity(template.len());
+    let mut rest = template;
+    'next: while let Some(c) = rest.chars().next() {
+        for (placeholder, value) in values {
+            if let Some(after) = rest.strip_prefix(placeholder) {
+                filled.push_str(value);
+                rest = after;
+                continue 'next;
+            }
+        }
+        filled.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    filled
 }
 
 /// Search results also carry referrals and intermediate messages, which are no entries.
@@ -494,6 +513,13 @@ mod tests {
             let debug = format!("{settings:?}");
             assert!(LdapDirectory::new(settings).is_err(), "accepted {debug}");
         }
+    }
+
+    #[test]
+    fn placeholders_are_filled_once() {
+        let values = [("{dn}", "cn={username},dc=x"), ("{username}", "al{dn}ice")];
+        assert_eq!(fill("(&(member={dn})(uid={username}))", &values), "(&(member=cn={username},dc=x)(uid=al{dn}ice))");
+        assert_eq!(fill("é{username}{", &values), "éal{dn}ice{");
     }
 
     #[test]
