@@ -44,9 +44,11 @@ case "${1:-}" in
     [ -f "$dir/issuer.pid" ] || exit 0
     pid=$(cat "$dir/issuer.pid")
     kill "$pid" 2>/dev/null || exit 0
-    # The issuer removes its pid file once it has closed its socket; wait for that (10 s).
+    # The issuer removes its pid file once it has closed its socket and is exiting; wait for
+    # that (10 s). Not for the PID to vanish: the exited process stays a zombie until whatever
+    # adopted it reaps it, which a container's init may do only every few seconds.
     for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || exit 0
+      [ -f "$dir/issuer.pid" ] && kill -0 "$pid" 2>/dev/null || exit 0
       sleep 0.1
     done
     echo "oidc-issuer.sh: issuer $pid did not stop on SIGTERM; killing it" >&2

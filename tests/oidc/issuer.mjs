@@ -118,7 +118,15 @@ const configuration = {
   },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   cookies: { keys: [randomBytes(32).toString('hex')] },
-  ttl: { IdToken: Number(opts['id-token-ttl']) },
+  // Explicit lifetimes (seconds): the provider's defaults log a notice each time they are used.
+  ttl: {
+    IdToken: Number(opts['id-token-ttl']),
+    AccessToken: 3600,
+    AuthorizationCode: 60,
+    Grant: 3600,
+    Interaction: 600,
+    Session: 3600,
+  },
   async findAccount(ctx, sub) {
     const account = accounts[sub];
     if (!account) return undefined;
