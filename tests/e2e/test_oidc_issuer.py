@@ -13,9 +13,8 @@ import jwt
 import pytest
 import requests
 
-from oidc_issuer import (DEFAULT_REDIRECT_URI, SCRIPT, OidcFlowError, OidcIssuer,  # noqa: F401
-                         authorization_code, discovery, oidc_issuer, pkce_pair, redeem_code,
-                         sign_in, verify_id_token)
+from oidc_issuer import (DEFAULT_REDIRECT_URI, SCRIPT, OidcFlowError, OidcIssuer, discovery,
+                         pkce_pair, redeem_code, sign_in, verify_id_token)
 
 CI_MAIN = "repo:org/app:ref:refs/heads/main"
 CI_OTHER_REPO = "repo:other/tool:ref:refs/heads/main"

@@ -41,6 +41,10 @@ if (!['RS256', 'ES256'].includes(opts['id-token-alg'])) {
   console.error('issuer.mjs: --id-token-alg must be RS256 or ES256 (the keys it generates)');
   process.exit(2);
 }
+if (!(Number(opts['id-token-ttl']) > 0)) {
+  console.error('issuer.mjs: --id-token-ttl must be a positive number of seconds');
+  process.exit(2);
+}
 const issuer = `http://127.0.0.1:${port}`;
 const accounts = JSON.parse(readFileSync(opts.accounts, 'utf8'));
 
@@ -76,11 +80,17 @@ const jwks = {
 // port, so a CLI (or a test) can listen on whatever port is free.
 const loopbackCallbacks = ['http://127.0.0.1/callback', 'http://localhost/callback', 'http://[::1]/callback'];
 const extraRedirects = opts['redirect-uri'];
+// Native clients may only have loopback http (or private-scheme) redirect URIs; oidc-provider
+// refuses to start with others, so those extra URIs go to berth-web alone.
+const isLoopbackHttp = (uri) => {
+  const url = URL.parse(uri);
+  return url?.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname);
+};
 const nativeClient = (clientId) => ({
   client_id: clientId,
   application_type: 'native',
   token_endpoint_auth_method: 'none',
-  redirect_uris: [...loopbackCallbacks, ...extraRedirects],
+  redirect_uris: [...loopbackCallbacks, ...extraRedirects.filter(isLoopbackHttp)],
 });
 const clients = [
   // People signing in with a command-line tool: public, auth code + PKCE.
