@@ -3,7 +3,8 @@
 # Daemons are installed without being started: the tests start their own on loopback.
 set -euo pipefail
 
-apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql)
+apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql slapd ldap-utils)
+command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -16,5 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The local OpenID Connect issuer (tests/oidc, npm's oidc-provider 9) needs node 20.19 or later:
+# Debian 13's nodejs, or NodeSource's on Debian 12 (whose own nodejs 18 is too old).
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+  || { echo "install-test-deps.sh: tests/oidc needs node >= 20.19 (have $(node --version))" >&2; exit 1; }
+npm ci --prefix "$(dirname "$0")/../tests/oidc" --silent --no-audit --no-fund
 
 python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/e2e/requirements.txt"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, checks formatting
 # and lints, builds the release binary and runs the Rust tests in the same (release)
-# profile (the API tests a second time on a throwaway PostgreSQL), then the OCI
-# conformance suite, the real-client end-to-end tests (including
+# profile (the API tests a second time on a throwaway PostgreSQL, LDAP sign-in on a
+# throwaway OpenLDAP), then the OCI conformance suite, the real-client end-to-end tests (including
 # the model-based concurrency test and the power-cut test), the fuzzers for a bounded
 # time, and the benchmark's smoke mode.
 set -euo pipefail
@@ -28,10 +28,14 @@ cargo test --release --workspace --locked
 step "the API tests again on PostgreSQL, and PostgreSQL's own race tests"
 pgdir=$(mktemp -d)
 chmod 755 "$pgdir"
-trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; rm -rf "$pgdir"' EXIT
+trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; bash scripts/slapd.sh stop "$pgdir/ldap" || true; rm -rf "$pgdir"' EXIT
 pg_url=$(bash scripts/postgres.sh start "$pgdir/pg" "${BERTH_TEST_PG_PORT:-55439}")
+ldap_url=$(bash scripts/slapd.sh start "$pgdir/ldap" "${BERTH_TEST_LDAP_PORT:-55389}")
 BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth --test api
 BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth-metadata --test postgres
+
+step "LDAP sign-in against a throwaway OpenLDAP server"
+BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --locked -p berth-auth --test ldap
 
 step "OCI distribution-spec conformance suite"
 BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from e2eutil import (SERVER_KIND, RegistryServer, Skopeo, run, stop_process,  # noqa: E402
                      wait_for)
+from oidc_issuer import oidc_issuer  # noqa: E402,F401 - the session's OpenID Connect issuer
 
 _LOGS = pytest.StashKey[list]()
 

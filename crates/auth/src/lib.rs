@@ -8,11 +8,13 @@
 
 pub mod admin;
 mod htpasswd;
+mod ldap;
 mod limiter;
 mod password;
 pub mod scope;
 mod tokens;
 
+pub use ldap::{DirectoryUser, LdapDirectory, LdapError, LdapSettings};
 pub use password::{hash_argon2, StoredHash};
 pub use scope::{Actions, Resource, Scope};
 pub use tokens::{AccessEntry, Claims};
