@@ -241,12 +241,15 @@ impl Authenticator {
         Ok(NewRobot { name: full, secret, expires_at })
     }
 
-    pub async fn namespaces(&self, by: &Acting, after: &str, limit: u32) -> Result<Vec<Namespace>> {
+    /// A page of namespaces as the caller may see them: all for administrators, else
+    /// the public ones and the caller's own. The cursor for the next page follows what
+    /// was read, not what was shown, so paging never stalls on hidden namespaces.
+    pub async fn namespaces(&self, by: &Acting, after: &str, limit: u32) -> Result<(Vec<Namespace>, Option<String>)> {
         let all = self.meta.namespaces(after, limit).await?;
+        let next = (all.len() == limit as usize).then(|| all.last().map(|n| n.name.clone())).flatten();
         if by.is_admin() {
-            return Ok(all);
+            return Ok((all, next));
         }
-        // Others see the namespaces they may pull from: public ones and their own.
         let visible: std::collections::HashSet<String> = self
             .meta
             .namespace_visibility(by.principal.name())
@@ -255,7 +258,7 @@ impl Authenticator {
             .filter(|n| n.visible)
             .map(|n| n.name)
             .collect();
-        Ok(all.into_iter().filter(|n| visible.contains(&n.name)).collect())
+        Ok((all.into_iter().filter(|n| visible.contains(&n.name)).collect(), next))
     }
 
     pub async fn namespace(&self, by: &Acting, name: &str) -> Result<Namespace> {

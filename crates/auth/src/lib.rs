@@ -450,7 +450,9 @@ impl Authenticator {
             }
             _ => {
                 self.limiter.failed(user, from);
-                tracing::info!(user, client = %from, "failed sign-in");
+                // The audit log and the log stream both get it; the password never.
+                let actor = Actor::new(user, from.to_string());
+                self.meta.audit_refusal(&actor, "auth.failure", user, None).await?;
                 Err(AuthError::Unauthenticated("invalid username or password".into()))
             }
         }

@@ -4,6 +4,7 @@
 //! [`berth_registry::Registry`] and its results back into the exact responses clients
 //! expect.
 
+mod admin;
 mod auth;
 mod blobs;
 mod edge;
@@ -46,6 +47,9 @@ struct App {
 pub fn router(registry: Arc<Registry>, options: EdgeOptions, auth: Option<Arc<Authenticator>>) -> Router {
     let app = App { registry, options: Arc::new(options), auth };
     let mut routes = Router::new();
+    if app.auth.is_some() {
+        routes = routes.merge(admin::routes());
+    }
     if app.auth.as_ref().is_some_and(|a| a.issues_tokens()) {
         routes =
             routes.route("/auth/token", get(token::token).post(token::token)).route("/auth/jwks", get(token::jwks));

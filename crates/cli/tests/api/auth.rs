@@ -2,14 +2,8 @@
 //! with `Bearer`, the challenges clients follow, and access limits on every endpoint.
 
 use crate::common::*;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use reqwest::Method;
 use std::time::{Duration, Instant};
-
-fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
-}
 
 /// An htpasswd file with bcrypt entries, as `htpasswd -Bbn` writes them.
 fn htpasswd(dir: &std::path::Path, users: &[(&str, &str)]) -> String {

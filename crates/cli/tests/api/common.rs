@@ -22,6 +22,12 @@ pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzi
 pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const EMPTY_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
+/// A `Basic` Authorization header value.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
@@ -228,6 +234,19 @@ impl Server {
             root: other.root.clone(),
             registry: other.registry.clone(),
             client: reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap(),
+            task: None,
+            shutdown: None,
+        }
+    }
+
+    /// Another handle on the same server with the same client (and its headers).
+    pub fn clone_handle(&self) -> Server {
+        Server {
+            addr: self.addr,
+            base: self.base.clone(),
+            root: self.root.clone(),
+            registry: self.registry.clone(),
+            client: self.client.clone(),
             task: None,
             shutdown: None,
         }

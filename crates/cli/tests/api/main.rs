@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access;
 mod auth;
 mod blobs;
 mod concurrency;
