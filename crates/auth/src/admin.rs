@@ -165,6 +165,9 @@ impl Authenticator {
         let existing = self.user(by, name).await?;
         if let Some(admin) = admin {
             self.require_admin(by)?;
+            if !admin && by.principal.name() == name {
+                return Err(AdminError::Invalid("administrators cannot drop their own administrator flag".into()));
+            }
             if existing.is_robot() && admin {
                 return Err(AdminError::Invalid("a robot cannot be an administrator".into()));
             }
@@ -183,6 +186,10 @@ impl Authenticator {
     /// Deletes a person, or revokes a robot. A robot may also be revoked by an admin of
     /// every namespace it has a role in.
     pub async fn delete_user(&self, by: &Acting, name: &str) -> Result<()> {
+        // So that the last administrator cannot lock everyone out by mistake.
+        if by.principal.name() == name {
+            return Err(AdminError::Invalid("you cannot delete your own account".into()));
+        }
         if !by.is_admin() {
             if !name.starts_with(ROBOT_PREFIX) {
                 return Err(AdminError::Forbidden("only administrators may delete users".into()));

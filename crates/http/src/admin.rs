@@ -213,9 +213,11 @@ struct Me {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
     name: String,
     /// Omitted for someone who signs in elsewhere (htpasswd, LDAP) but needs an account here.
     #[serde(default)]
+    #[schema(min_length = 8)]
     password: Option<String>,
     #[serde(default)]
     admin: bool,
@@ -225,6 +227,7 @@ struct NewUser {
 #[serde(deny_unknown_fields)]
 struct UserUpdate {
     #[serde(default)]
+    #[schema(min_length = 8)]
     password: Option<String>,
     #[serde(default)]
     admin: Option<bool>,
@@ -275,9 +278,10 @@ struct Grant {
 #[serde(deny_unknown_fields)]
 struct NewRobot {
     /// The robot signs in as `robot$<name>`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
     name: String,
     /// Lifetime in seconds (at most ten years).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 315360000)]
     expires_in: u64,
     grants: Vec<Grant>,
 }
@@ -293,6 +297,7 @@ struct RobotCreated {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Team {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
     name: String,
 }
 
@@ -326,6 +331,8 @@ impl From<berth_metadata::Namespace> for Namespace {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewNamespace {
+    /// As many components of a repository name as `berth.auth.namespacedepth` says.
+    #[schema(pattern = "^[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*$")]
     name: String,
     #[serde(default)]
     public: bool,
@@ -387,8 +394,10 @@ struct AuditFilter {
     action: Option<String>,
     target: Option<String>,
     /// Events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Events before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
     /// Events older than this id (paging).
     before: Option<i64>,
@@ -457,7 +466,7 @@ async fn update_user(State(app): State<App>, Caller(by): Caller, Path(name): Pat
 
 /// Deletes a person or revokes a robot (`robot$<name>`), with every role it held.
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users", params(("name" = String, Path)), responses(
-    (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_user(State(app): State<App>, Caller(by): Caller, Path(name): Path<String>) -> Answer {
     authenticator(&app).delete_user(&by, &name).await?;
     done()

@@ -296,6 +296,9 @@ async fn the_admin_api_enforces_who_may_change_what() {
     call(&plain, Method::PATCH, "/api/v1/users/boss", Some(json!({ "password": "taken-over!" }))).await.status(403);
     call(&plain, Method::PATCH, "/api/v1/users/plain", Some(json!({ "admin": true }))).await.status(403);
     call(&plain, Method::GET, "/api/v1/users", None).await.status(403);
+    // No administrator locks themselves out.
+    call(&root, Method::DELETE, "/api/v1/users/root", None).await.status(400);
+    call(&root, Method::PATCH, "/api/v1/users/root", Some(json!({ "admin": false }))).await.status(400);
 
     // The document describes the API it is served by.
     let doc = root.get("/api/v1/openapi.json").await.status(200).json();
