@@ -623,26 +623,26 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    #[test]
-    fn registry2_file_and_env() {
+    /// Loads `yaml` from a file, as `berth serve FILE` does, with `vars` over it.
+    fn load_file(yaml: &str, vars: &[(&str, &str)]) -> Config {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yml");
-        std::fs::write(
-            &file,
+        std::fs::write(&file, yaml).unwrap();
+        Config::load(Some(&file), env(vars)).unwrap()
+    }
+
+    #[test]
+    fn registry2_file_and_env() {
+        let c = load_file(
             "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&file),
-            env(&[
+            &[
                 ("REGISTRY_HTTP_ADDR", "127.0.0.1:5999"),
                 ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
                 ("REGISTRY_LOG_LEVEL", "debug"),
                 ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2h"),
                 ("PATH", "/bin"),
-            ]),
-        )
-        .unwrap();
+            ],
+        );
         assert_eq!(c.addr().unwrap(), "127.0.0.1:5999".parse().unwrap());
         assert!(c.storage.delete.enabled);
         assert_eq!(c.root(), PathBuf::from("/var/lib/registry"));
@@ -685,14 +685,10 @@ mod tests {
 
     #[test]
     fn ldap_from_the_file_and_from_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.yml");
-        std::fs::write(
-            &file,
+        let c = load_file(
             "berth:\n  auth:\n    ldap:\n      url: ldaps://dc.example.org\n      cafile: /etc/berth/ad-ca.pem\n      binddn: CN=berth,OU=Service,DC=example,DC=org\n      bindpassword: reader-secret\n      basedn: DC=example,DC=org\n      userfilter: (sAMAccountName={username})\n      groupbasedn: OU=Groups,DC=example,DC=org\n      timeout: 2s\n",
-        )
-        .unwrap();
-        let c = Config::load(Some(&file), Vec::new()).unwrap();
+            &[],
+        );
         let ldap = c.berth.auth.ldap.expect("ldap configured");
         assert_eq!(ldap.url, "ldaps://dc.example.org");
         assert_eq!(ldap.cafile, Some(PathBuf::from("/etc/berth/ad-ca.pem")));
