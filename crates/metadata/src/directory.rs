@@ -61,8 +61,14 @@ impl MetadataStore {
 mod tests {
     use crate::{Actor, AuditQuery, MetadataStore};
 
-    async fn store(dir: &tempfile::TempDir) -> MetadataStore {
-        MetadataStore::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap()
+    /// A fresh database on the PostgreSQL server `BERTH_TEST_POSTGRES` names, if any.
+    async fn postgres() -> Option<MetadataStore> {
+        use sqlx::{Connection, Executor};
+        let admin = std::env::var("BERTH_TEST_POSTGRES").ok()?;
+        let name = format!("directory_{}_{}", std::process::id(), crate::now_millis());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        Some(MetadataStore::open(&format!("{}/{name}", admin.rsplit_once('/').unwrap().0)).await.unwrap())
     }
 
     /// Actions and targets of the audit events of `action`'s kind, oldest first.
@@ -74,10 +80,21 @@ mod tests {
         found
     }
 
+    /// On SQLite, and on PostgreSQL too when `BERTH_TEST_POSTGRES` names a server.
     #[tokio::test]
     async fn a_sync_adds_and_removes_only_in_mirrored_teams() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = store(&dir).await;
+        let sqlite = MetadataStore::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+        syncs_only_mirrored_teams(sqlite).await;
+        match postgres().await {
+            Some(meta) => syncs_only_mirrored_teams(meta).await,
+            None => eprintln!(
+                "a_sync_adds_and_removes_only_in_mirrored_teams: PostgreSQL skipped, BERTH_TEST_POSTGRES is not set"
+            ),
+        }
+    }
+
+    async fn syncs_only_mirrored_teams(meta: MetadataStore) {
         let admin = Actor::system();
         for team in ["devs", "auditors", "ops", "handmade"] {
             assert!(meta.create_team(team, &admin).await.unwrap());
