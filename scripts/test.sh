@@ -25,14 +25,14 @@ cargo build --release --locked
 step "cargo test (release profile: the same build as the binary)"
 cargo test --release --workspace --locked
 
-step "the API tests again on PostgreSQL, and PostgreSQL's own race tests"
+step "the API tests again on PostgreSQL, PostgreSQL's own race tests, and the directory-team sync"
 pgdir=$(mktemp -d)
 chmod 755 "$pgdir"
 trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; bash scripts/slapd.sh stop "$pgdir/ldap" || true; rm -rf "$pgdir"' EXIT
 pg_url=$(bash scripts/postgres.sh start "$pgdir/pg" "${BERTH_TEST_PG_PORT:-55439}")
 ldap_url=$(bash scripts/slapd.sh start "$pgdir/ldap" "${BERTH_TEST_LDAP_PORT:-55389}")
 BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth --test api
-BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth-metadata --test postgres
+BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth-metadata
 
 step "LDAP sign-in against a throwaway OpenLDAP server"
 BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --locked -p berth-auth --test ldap

@@ -367,6 +367,19 @@ impl Authenticator {
         found(self.meta.remove_team_member(team, user, &by.actor).await?, "team member", user)
     }
 
+    /// Makes a team mirror a directory group, or (`None`) stop mirroring one while
+    /// keeping its members. A mirrored team's members follow the group: each member is
+    /// added or removed at their next sign-in against the directory, not now. Group
+    /// names are stored lowercased, as the sign-in compares them.
+    pub async fn set_team_directory_group(&self, by: &Acting, team: &str, group: Option<&str>) -> Result<()> {
+        self.require_admin(by)?;
+        let group = group.map(str::to_lowercase);
+        if group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err(AdminError::Invalid("a directory group name cannot be empty".into()));
+        }
+        found(self.meta.set_team_group(team, group.as_deref(), &by.actor).await?, "team", team)
+    }
+
     pub async fn audit(&self, by: &Acting, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         self.require_admin(by)?;
         Ok(self.meta.audit_events(query).await?)

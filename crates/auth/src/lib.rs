@@ -1,6 +1,6 @@
 //! Who is calling and what they may do: passwords (htpasswd files with bcrypt, users in
-//! the metadata database with argon2id), the built-in token service, and the access
-//! rules applied to every request.
+//! the metadata database with argon2id, an LDAP directory or Active Directory), the
+//! built-in token service, and the access rules applied to every request.
 //!
 //! The HTTP edge turns headers into [`Credentials`], asks [`Authenticator::authenticate`]
 //! for a [`Caller`], and [`Authenticator::access`] for what that caller may do with a
@@ -50,6 +50,8 @@ pub struct AuthSettings {
     pub login_failures: u32,
     pub login_window: Duration,
     pub credential_cache: Duration,
+    /// `berth.auth.ldap`: a directory for the users with no password kept here.
+    pub ldap: Option<LdapSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +157,13 @@ impl From<tokens::TokenError> for AuthError {
 /// Password checks that run at once: each holds a core for tens of milliseconds.
 const CONCURRENT_HASHES: usize = 4;
 
+/// Stands for the stored hash in the credential cache's key of a directory password:
+/// no stored hash looks like it (they start with `$`).
+const DIRECTORY_CREDENTIAL: &str = "ldap";
+
+/// The audit log's actor for team memberships changed to follow the directory.
+const DIRECTORY_ACTOR: &str = "ldap";
+
 pub struct Authenticator {
     settings: AuthSettings,
     challenge: Challenge,
@@ -162,6 +171,7 @@ pub struct Authenticator {
     htpasswd: Option<htpasswd::Htpasswd>,
     tokens: Option<TokenKeys>,
     external: Option<tokens::ExternalKeys>,
+    directory: Option<LdapDirectory>,
     limiter: limiter::LoginLimiter,
     /// Passwords verified recently, keyed by a keyed hash of user, stored hash and
     /// password: a wrong password, or one whose stored hash changed, misses.
@@ -218,6 +228,18 @@ impl Authenticator {
             ),
             None => None,
         };
+        let directory = match &settings.ldap {
+            Some(ldap) => {
+                if ldap.url.starts_with("ldap://") && !ldap.starttls {
+                    tracing::warn!(
+                        url = %ldap.url,
+                        "berth.auth.ldap: plain ldap:// without starttls sends passwords to the directory in the clear"
+                    );
+                }
+                Some(LdapDirectory::new(ldap.clone()).context("setting up the LDAP directory (`berth.auth.ldap`)")?)
+            }
+            None => None,
+        };
         let challenge = match (&settings.token, &settings.external, &settings.htpasswd) {
             (Some(t), _, _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
             (None, Some(e), _) => Challenge::Bearer { realm: Some(e.realm.clone()), service: e.service.clone() },
@@ -245,6 +267,7 @@ impl Authenticator {
             htpasswd,
             tokens,
             external,
+            directory,
             verified: quick_cache::sync::Cache::new(10_000),
             verified_tokens: quick_cache::sync::Cache::new(10_000),
             cache_key,
@@ -433,29 +456,93 @@ impl Authenticator {
         Ok(caller)
     }
 
-    /// Checks a user's password (htpasswd first, then the database), remembering a
-    /// success for a short time, and counting failures against the user and address.
-    /// Returns the principal and the stored hash the password matched.
+    /// Checks a user's password, remembering a success for a short time, and counting
+    /// failures against the user and address. The password is checked against the
+    /// htpasswd file, else a password stored in the database, else the LDAP directory:
+    /// the directory only ever sees users with no stored password, and never a robot.
+    ///
+    /// Directories compare names without regard to case, so a directory user's name is
+    /// lowercased before anything else (the limiter's and the credential cache's keys,
+    /// the principal, the team sync): `ALICE` and `alice` are one principal, and one
+    /// count of failures. A directory password is remembered like a stored one, so a
+    /// password changed or an account disabled in the directory takes effect here only
+    /// once `berth.auth.credentialcache` has passed.
+    ///
+    /// Returns the principal and the stored hash the password matched (`None` for a
+    /// directory user).
     async fn check_password(
         &self,
         user: &str,
         password: &str,
         from: IpAddr,
-    ) -> Result<(Principal, StoredHash), AuthError> {
-        self.limiter.check(user, from).map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
-        let stored = self.stored_credential(user).await?;
-        match stored {
-            Some((hash, admin)) if self.verify_cached(user, &hash, password).await? => {
-                Ok((Principal::User { name: user.to_owned(), admin }, hash))
+    ) -> Result<(Principal, Option<StoredHash>), AuthError> {
+        let too_many = |retry_after| AuthError::TooManyAttempts { retry_after };
+        self.limiter.check(user, from).map_err(too_many)?;
+        let (name, verified) = match self.stored_credential(user).await? {
+            Some((hash, admin)) => {
+                let ok = self.verify_cached(user, &hash, password).await?;
+                (user.to_owned(), ok.then_some((admin, Some(hash))))
             }
-            _ => {
-                self.limiter.failed(user, from);
+            None => match self.directory_name(user).await? {
+                Some((directory, name)) => {
+                    self.limiter.check(&name, from).map_err(too_many)?;
+                    let ok = self.verify_directory(directory, &name, password, from).await?;
+                    // Like htpasswd users: administrators if the database says so.
+                    let admin = ok && self.meta.user(&name).await?.is_some_and(|r| r.admin);
+                    (name, ok.then_some((admin, None)))
+                }
+                None => (user.to_owned(), None),
+            },
+        };
+        match verified {
+            Some((admin, hash)) => Ok((Principal::User { name, admin }, hash)),
+            None => {
+                self.limiter.failed(&name, from);
                 // The audit log and the log stream both get it; the password never.
-                let actor = Actor::new(user, from.to_string());
-                self.meta.audit_refusal(&actor, "auth.failure", user, None).await?;
+                let actor = Actor::new(name.clone(), from.to_string());
+                self.meta.audit_refusal(&actor, "auth.failure", &name, None).await?;
                 Err(AuthError::Unauthenticated("invalid username or password".into()))
             }
         }
+    }
+
+    /// The directory and the (lowercased) name to ask it about, for a user with no
+    /// stored password; `None` without a directory, for a robot, and for a name that
+    /// lowercases to a user with a stored password (else `ALICE` could become the local
+    /// `alice` with the directory's password for alice).
+    async fn directory_name(&self, user: &str) -> Result<Option<(&LdapDirectory, String)>, AuthError> {
+        let Some(directory) = &self.directory else { return Ok(None) };
+        let name = user.to_lowercase();
+        if name.starts_with(berth_metadata::ROBOT_PREFIX) {
+            return Ok(None);
+        }
+        if name != user && self.stored_credential(&name).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some((directory, name)))
+    }
+
+    /// Whether the directory accepts the password (or accepted it within the credential
+    /// cache's time). After a real bind the user's mirrored teams are set to follow their
+    /// groups (lowercased: group names, like user names, ignore case in directories). An
+    /// unreachable directory is an error (503 at the edge), never a refusal or a success.
+    async fn verify_directory(
+        &self,
+        directory: &LdapDirectory,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<bool, AuthError> {
+        let key = self.credential_key(name, DIRECTORY_CREDENTIAL, password);
+        if self.remembered(&key) {
+            return Ok(true);
+        }
+        let found = directory.verify(name, password).await.map_err(|e| AuthError::Backend(e.to_string()))?;
+        let Some(found) = found else { return Ok(false) };
+        let groups: Vec<String> = found.groups.iter().map(|g| g.to_lowercase()).collect();
+        self.meta.sync_directory_teams(name, &groups, &Actor::new(DIRECTORY_ACTOR, from.to_string())).await?;
+        self.remember(key);
+        Ok(true)
     }
 
     /// The stored hash of a user and whether they are an administrator. An expired
@@ -472,8 +559,8 @@ impl Authenticator {
     }
 
     async fn verify_cached(&self, user: &str, stored: &StoredHash, password: &str) -> Result<bool, AuthError> {
-        let key = self.credential_key(user, stored, password);
-        if self.verified.get(&key).is_some_and(|until| until > Instant::now()) {
+        let key = self.credential_key(user, stored.as_str(), password);
+        if self.remembered(&key) {
             return Ok(true);
         }
         let permit = self.hashing.acquire().await.map_err(|e| AuthError::Backend(e.to_string()))?;
@@ -483,14 +570,23 @@ impl Authenticator {
             .map_err(|e| AuthError::Backend(format!("password check: {e}")))?;
         drop(permit);
         if ok {
-            self.verified.insert(key, Instant::now() + self.settings.credential_cache);
+            self.remember(key);
         }
         Ok(ok)
     }
 
-    fn credential_key(&self, user: &str, stored: &StoredHash, password: &str) -> [u8; 32] {
+    fn remembered(&self, key: &[u8; 32]) -> bool {
+        self.verified.get(key).is_some_and(|until| until > Instant::now())
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        self.verified.insert(key, Instant::now() + self.settings.credential_cache);
+    }
+
+    /// `stored`: the stored hash, or [`DIRECTORY_CREDENTIAL`] for a directory password.
+    fn credential_key(&self, user: &str, stored: &str, password: &str) -> [u8; 32] {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
-        for part in [user, stored.as_str(), password] {
+        for part in [user, stored, password] {
             // Length-prefixed, so that no two different triples feed the same bytes.
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());
@@ -517,8 +613,10 @@ impl Authenticator {
         let (principal, fingerprint) = match (&request.refresh_token, credentials) {
             (Some(refresh), _) => self.check_refresh(keys, refresh).await?,
             (None, Some(Credentials::Basic { user, password })) => {
+                // A directory user has no stored hash to tie a refresh token to, and so
+                // gets none: it would outlive their directory account.
                 let (principal, stored) = self.check_password(&user, &password, from).await?;
-                (principal, Some(fingerprint(&stored)))
+                (principal, stored.as_ref().map(fingerprint))
             }
             (None, Some(Credentials::Bearer(_))) => {
                 return Err(AuthError::Unauthenticated("sign in to the token endpoint with a password".into()))

@@ -5,34 +5,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use berth_auth::{
     hash_argon2, Actions, AuthError, AuthSettings, Authenticator, Caller, Credentials, ExternalTokenSettings,
-    Principal, TokenRequest, TokenSettings,
+    Principal, TokenRequest,
 };
 use berth_metadata::{Actor, MetadataStore, UserRecord};
+use common::settings;
 use std::net::IpAddr;
 use std::time::Duration;
 
-const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+mod common;
 
-fn settings() -> AuthSettings {
-    AuthSettings {
-        htpasswd: None,
-        token: Some(TokenSettings {
-            service: "berth-test".into(),
-            issuer: "berth-issuer".into(),
-            expiration: Duration::from_secs(300),
-            refresh_expiration: Duration::from_secs(3600),
-            realm: None,
-        }),
-        external: None,
-        anonymous: Actions::PULL,
-        authenticated: Actions::PULL.union(Actions::PUSH),
-        bootstrap_admin: Some(("root".into(), "root-pw".into())),
-        login_failures: 3,
-        login_window: Duration::from_secs(60),
-        credential_cache: Duration::from_secs(60),
-        namespace_depth: 1,
-    }
-}
+const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -1,13 +1,23 @@
-//! LDAP sign-in against a real OpenLDAP server with the fixture of `scripts/slapd.sh`.
-//! Skipped, with a message, unless `BERTH_TEST_LDAP` names the server's plain URL
-//! (`ldap://127.0.0.1:PORT`; LDAPS listens on PORT+1) and `BERTH_TEST_LDAP_CA` its CA
-//! bundle, next to which the script also leaves `other-ca.pem`, an unrelated CA
-//! (`scripts/test.sh` starts the server and sets both). The tests of unreachable servers
-//! need no server and always run.
+//! LDAP sign-in against a real OpenLDAP server with the fixture of `scripts/slapd.sh`:
+//! the directory client itself, then the authenticator signing directory users in and
+//! making mirrored teams follow their groups. Skipped, with a message, unless
+//! `BERTH_TEST_LDAP` names the server's plain URL (`ldap://127.0.0.1:PORT`; LDAPS listens
+//! on PORT+1) and `BERTH_TEST_LDAP_CA` its CA bundle, next to which the script also
+//! leaves `other-ca.pem`, an unrelated CA (`scripts/test.sh` starts the server and sets
+//! both). The tests of unreachable servers need no server and always run.
 
-use berth_auth::{DirectoryUser, LdapDirectory, LdapError, LdapSettings};
+use berth_auth::admin::{Acting, AdminError};
+use berth_auth::{
+    Actions, AuthError, AuthSettings, Authenticator, Caller, Credentials, DirectoryUser, LdapDirectory, LdapError,
+    LdapSettings, Principal, TokenRequest,
+};
+use berth_metadata::{Actor, AuditQuery, Member, MemberKind, MetadataStore, Role, UserRecord};
+use common::settings;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod common;
 
 const ALICE_DN: &str = "uid=alice,ou=people,dc=example,dc=org";
 
@@ -211,4 +221,171 @@ async fn a_server_that_never_answers_is_an_error() {
             other => panic!("{url}: {other:?}"),
         }
     }
+}
+
+// ---- the authenticator with a directory ------------------------------------------------
+
+const FROM: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+struct Signing {
+    _dir: tempfile::TempDir,
+    meta: MetadataStore,
+    auth: Authenticator,
+}
+
+/// An authenticator on a fresh SQLite store that signs users in against `ldap`.
+async fn signing(ldap: LdapSettings) -> Signing {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = MetadataStore::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+    let auth = Authenticator::new(AuthSettings { ldap: Some(ldap), ..settings() }, meta.clone()).await.unwrap();
+    Signing { _dir: dir, meta, auth }
+}
+
+async fn sign_in_from(auth: &Authenticator, user: &str, password: &str, from: IpAddr) -> Result<Principal, AuthError> {
+    let credentials = Credentials::Basic { user: user.into(), password: password.into() };
+    Ok(auth.authenticate(Some(credentials), from).await?.principal)
+}
+
+async fn sign_in(auth: &Authenticator, user: &str, password: &str) -> Result<Principal, AuthError> {
+    sign_in_from(auth, user, password, FROM).await
+}
+
+fn user(name: &str, admin: bool) -> Principal {
+    Principal::User { name: name.into(), admin }
+}
+
+fn address(last: u8) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, last))
+}
+
+#[tokio::test]
+async fn directory_users_sign_in_under_lowercased_names() {
+    let Some(server) = server("directory_users_sign_in_under_lowercased_names") else { return };
+    let s = signing(search_settings(&server.url)).await;
+    assert_eq!(sign_in(&s.auth, "alice", "alice-pw").await.unwrap(), user("alice", false));
+    assert_eq!(sign_in(&s.auth, "ALICE", "alice-pw").await.unwrap(), user("alice", false));
+
+    // Wrong passwords count against the one lowercased name, whatever case each used:
+    // from three addresses, so that only the user's count can be what stops the fourth.
+    for (i, name) in ["alice", "Alice", "aLiCe"].into_iter().enumerate() {
+        let wrong = sign_in_from(&s.auth, name, "bob-pw", address(i as u8 + 1)).await;
+        assert!(matches!(wrong, Err(AuthError::Unauthenticated(_))), "{name}: {wrong:?}");
+    }
+    let blocked = sign_in_from(&s.auth, "ALICE", "alice-pw", address(9)).await;
+    assert!(matches!(blocked, Err(AuthError::TooManyAttempts { .. })), "{blocked:?}");
+    assert_eq!(sign_in_from(&s.auth, "bob", "bob-pw", address(9)).await.unwrap(), user("bob", false));
+}
+
+/// The administrator flag of a directory user comes from a row in `users` (a row with
+/// no password: the directory still checks it), and such a user gets no refresh token.
+#[tokio::test]
+async fn a_directory_user_with_a_row_is_an_administrator_without_refresh_tokens() {
+    let Some(server) = server("a_directory_user_with_a_row_is_an_administrator_without_refresh_tokens") else {
+        return;
+    };
+    let s = signing(search_settings(&server.url)).await;
+    let row = UserRecord { name: "bob".into(), password_hash: None, admin: true, expires_at: None };
+    assert!(s.meta.create_user(&row, &[], &Actor::system()).await.unwrap());
+    assert_eq!(sign_in(&s.auth, "bob", "bob-pw").await.unwrap(), user("bob", true));
+    assert!(matches!(sign_in(&s.auth, "bob", "alice-pw").await, Err(AuthError::Unauthenticated(_))));
+
+    let offline = TokenRequest { offline: true, ..TokenRequest::default() };
+    let credentials = Some(Credentials::Basic { user: "bob".into(), password: "bob-pw".into() });
+    let issued = s.auth.issue(offline, credentials, FROM).await.unwrap();
+    assert!(!issued.token.is_empty());
+    assert_eq!(issued.refresh_token, None);
+}
+
+/// A password kept here keeps the directory out, also for the same name in other case:
+/// else a directory account `alice` would be a way into the local `alice`.
+#[tokio::test]
+async fn a_stored_password_keeps_the_directory_out() {
+    let Some(server) = server("a_stored_password_keeps_the_directory_out") else { return };
+    let s = signing(search_settings(&server.url)).await;
+    let local = UserRecord {
+        name: "alice".into(),
+        password_hash: Some(berth_auth::hash_argon2("local-pw")),
+        admin: false,
+        expires_at: None,
+    };
+    assert!(s.meta.create_user(&local, &[], &Actor::system()).await.unwrap());
+    for name in ["alice", "ALICE"] {
+        let refused = sign_in_from(&s.auth, name, "alice-pw", address(1)).await;
+        assert!(matches!(refused, Err(AuthError::Unauthenticated(_))), "{name}: {refused:?}");
+    }
+    assert_eq!(sign_in_from(&s.auth, "alice", "local-pw", address(2)).await.unwrap(), user("alice", false));
+}
+
+#[tokio::test]
+async fn mirrored_teams_follow_the_directory_groups_at_sign_in() {
+    let Some(server) = server("mirrored_teams_follow_the_directory_groups_at_sign_in") else { return };
+    let s = signing(search_settings(&server.url)).await;
+    let admin = Acting::system();
+    for team in ["devs", "auditors"] {
+        s.auth.create_team(&admin, team).await.unwrap();
+    }
+    // Group names ignore case, as in the directory (whose group is `developers`).
+    s.auth.set_team_directory_group(&admin, "devs", Some("Developers")).await.unwrap();
+    s.auth.set_team_directory_group(&admin, "auditors", Some("auditors")).await.unwrap();
+    s.auth.create_namespace(&admin, "team1", false).await.unwrap();
+    let devs = Member { kind: MemberKind::Team, name: "devs".into(), role: Role::Developer };
+    s.auth.set_member(&admin, "team1", &devs).await.unwrap();
+    // alice is in no `auditors` group: her sign-in must take her out of the team.
+    s.auth.add_team_member(&admin, "auditors", "alice").await.unwrap();
+
+    let caller = |name: &str| Caller { principal: user(name, false), token: None };
+    assert_eq!(s.auth.access(&caller("alice"), "team1/app").await.unwrap(), Actions::NONE);
+    sign_in(&s.auth, "alice", "alice-pw").await.unwrap();
+    assert_eq!(s.auth.access(&caller("alice"), "team1/app").await.unwrap(), Actions::PULL.union(Actions::PUSH));
+    assert_eq!(s.meta.team_members("devs").await.unwrap(), ["alice"]);
+    assert!(s.meta.team_members("auditors").await.unwrap().is_empty());
+    let query = AuditQuery { actor: Some("ldap".into()), limit: 10, ..AuditQuery::default() };
+    let mut synced: Vec<_> =
+        s.meta.audit_events(&query).await.unwrap().into_iter().map(|e| (e.action, e.target)).collect();
+    synced.sort();
+    assert_eq!(synced, [("team.member.add".into(), "devs".into()), ("team.member.remove".into(), "auditors".into())]);
+
+    // bob is in `ops` only.
+    sign_in(&s.auth, "bob", "bob-pw").await.unwrap();
+    assert!(!s.auth.access(&caller("bob"), "team1/app").await.unwrap().contains(Actions::PUSH));
+    assert_eq!(s.meta.team_members("devs").await.unwrap(), ["alice"]);
+
+    // A sign-in served from the credential cache does not ask the directory, and so
+    // does not sync: the documented delay until `credentialcache` has passed.
+    s.auth.add_team_member(&admin, "auditors", "alice").await.unwrap();
+    sign_in(&s.auth, "alice", "alice-pw").await.unwrap();
+    assert_eq!(s.meta.team_members("auditors").await.unwrap(), ["alice"]);
+}
+
+/// Needs no server: the directory's port is closed, so any question to it would fail
+/// with `Backend`.
+#[tokio::test]
+async fn robots_never_reach_the_directory_and_an_unreachable_one_is_an_error() {
+    let s = signing(search_settings(&closed_port_url("ldap"))).await;
+    for robot in ["robot$x", "ROBOT$X"] {
+        let refused = sign_in_from(&s.auth, robot, "wrong", address(1)).await;
+        assert!(matches!(refused, Err(AuthError::Unauthenticated(_))), "{robot}: {refused:?}");
+    }
+    let unreachable = sign_in_from(&s.auth, "alice", "alice-pw", address(2)).await;
+    assert!(matches!(unreachable, Err(AuthError::Backend(_))), "{unreachable:?}");
+    // Users with a password kept here sign in as before.
+    assert_eq!(sign_in_from(&s.auth, "root", "root-pw", address(3)).await.unwrap(), user("root", true));
+}
+
+#[tokio::test]
+async fn only_administrators_map_existing_teams_to_groups() {
+    let s = signing(search_settings(&closed_port_url("ldap"))).await;
+    let admin = Acting::system();
+    s.auth.create_team(&admin, "devs").await.unwrap();
+    let alice = Acting { principal: user("alice", false), actor: Actor::new("alice", "192.0.2.1") };
+    let refused = s.auth.set_team_directory_group(&alice, "devs", Some("developers")).await;
+    assert!(matches!(refused, Err(AdminError::Forbidden(_))), "{refused:?}");
+    let missing = s.auth.set_team_directory_group(&admin, "ghosts", Some("developers")).await;
+    assert!(matches!(missing, Err(AdminError::NotFound(_))), "{missing:?}");
+    let empty = s.auth.set_team_directory_group(&admin, "devs", Some(" ")).await;
+    assert!(matches!(empty, Err(AdminError::Invalid(_))), "{empty:?}");
+    s.auth.set_team_directory_group(&admin, "devs", None).await.unwrap();
+    let query = AuditQuery { action: Some("team.group".into()), limit: 10, ..AuditQuery::default() };
+    let recorded: Vec<_> = s.meta.audit_events(&query).await.unwrap().into_iter().map(|e| e.target).collect();
+    assert_eq!(recorded, ["devs"], "only the change that was made is recorded");
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
-use berth_auth::{Actions, AuthSettings, Authenticator, ExternalTokenSettings, TokenSettings};
+use berth_auth::{Actions, AuthSettings, Authenticator, ExternalTokenSettings, LdapSettings, TokenSettings};
 pub use berth_config as config;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::MetadataStore;
@@ -69,7 +69,7 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         }
         None => None,
     };
-    if auth.htpasswd.is_none() && !ours.token.enabled && external.is_none() {
+    if auth.htpasswd.is_none() && !ours.token.enabled && external.is_none() && ours.ldap.is_none() {
         return Ok(None);
     }
     let level = |key: &str, value: &str| {
@@ -97,6 +97,20 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         login_failures: ours.loginlimit.failures,
         login_window: ours.loginlimit.window,
         credential_cache: ours.credentialcache,
+        ldap: ours.ldap.as_ref().map(|l| LdapSettings {
+            url: l.url.clone(),
+            starttls: l.starttls,
+            ca_file: l.cafile.clone(),
+            bind_dn: l.binddn.clone(),
+            bind_password: l.bindpassword.as_ref().map(|p| p.0.clone()),
+            user_dn: l.userdn.clone(),
+            base_dn: l.basedn.clone(),
+            user_filter: l.userfilter.clone(),
+            group_base_dn: l.groupbasedn.clone(),
+            group_filter: l.groupfilter.clone(),
+            group_name_attribute: l.groupattribute.clone(),
+            timeout: l.timeout,
+        }),
         namespace_depth: match ours.namespacedepth {
             d @ 1..=4 => d,
             d => bail!("`berth.auth.namespacedepth` must be 1 to 4, not {d}"),
@@ -182,7 +196,7 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     if !(addr.ip().is_loopback() || authenticated || allowed) {
         bail!(
             "refusing to listen on {addr} without authentication: anyone who reaches it could push and delete. \
-             Configure authentication (auth.htpasswd or berth.auth.token), listen on loopback, or pass \
+             Configure authentication (auth.htpasswd, berth.auth.token or berth.auth.ldap), listen on loopback, or pass \
              --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
         );
     }

@@ -261,6 +261,9 @@ pub struct BerthAuth {
     /// How many leading components of a repository name are its namespace (1: `team`
     /// in `team/app`; 2: `org/team` in `org/team/app`).
     pub namespacedepth: usize,
+    /// Sign-in against an LDAP directory or Active Directory, for users with no
+    /// password kept here.
+    pub ldap: Option<Ldap>,
 }
 
 impl Default for BerthAuth {
@@ -272,6 +275,7 @@ impl Default for BerthAuth {
             loginlimit: LoginLimit::default(),
             credentialcache: Duration::from_secs(60),
             namespacedepth: 1,
+            ldap: None,
         }
     }
 }
@@ -321,6 +325,68 @@ pub struct DefaultAccess {
 impl Default for DefaultAccess {
     fn default() -> Self {
         DefaultAccess { anonymous: "none".into(), authenticated: "delete".into() }
+    }
+}
+
+/// `berth.auth.ldap`: where the directory is and how users and groups are found in it.
+/// Either `binddn` + `bindpassword` (search for the user as a service account) or
+/// `userdn` (bind directly as the user); what is valid together is checked when the
+/// directory is set up, not here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ldap {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// A PEM CA bundle for LDAPS and StartTLS instead of the system's roots.
+    pub cafile: Option<PathBuf>,
+    pub binddn: Option<String>,
+    pub bindpassword: Option<Secret>,
+    /// The DN to bind as, with `{username}` where the name goes (direct bind).
+    pub userdn: Option<String>,
+    /// Where users are searched.
+    #[serde(default)]
+    pub basedn: String,
+    #[serde(default = "default_user_filter")]
+    pub userfilter: String,
+    /// Where groups are searched; without it no groups are read.
+    pub groupbasedn: Option<String>,
+    #[serde(default = "default_group_filter")]
+    pub groupfilter: String,
+    /// The attribute of a group entry that names the group.
+    #[serde(default = "default_group_attribute")]
+    pub groupattribute: String,
+    /// The bound on connecting and on each directory operation.
+    #[serde(with = "duration", default = "default_ldap_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_user_filter() -> String {
+    "(uid={username})".into()
+}
+
+fn default_group_filter() -> String {
+    "(member={dn})".into()
+}
+
+fn default_group_attribute() -> String {
+    "cn".into()
+}
+
+fn default_ldap_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A password in the configuration: its `Debug` form (logs, `check-config`) hides it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -557,26 +623,26 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    #[test]
-    fn registry2_file_and_env() {
+    /// Loads `yaml` from a file, as `berth serve FILE` does, with `vars` over it.
+    fn load_file(yaml: &str, vars: &[(&str, &str)]) -> Config {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yml");
-        std::fs::write(
-            &file,
+        std::fs::write(&file, yaml).unwrap();
+        Config::load(Some(&file), env(vars)).unwrap()
+    }
+
+    #[test]
+    fn registry2_file_and_env() {
+        let c = load_file(
             "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&file),
-            env(&[
+            &[
                 ("REGISTRY_HTTP_ADDR", "127.0.0.1:5999"),
                 ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
                 ("REGISTRY_LOG_LEVEL", "debug"),
                 ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2h"),
                 ("PATH", "/bin"),
-            ]),
-        )
-        .unwrap();
+            ],
+        );
         assert_eq!(c.addr().unwrap(), "127.0.0.1:5999".parse().unwrap());
         assert!(c.storage.delete.enabled);
         assert_eq!(c.root(), PathBuf::from("/var/lib/registry"));
@@ -615,6 +681,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http.tls.unwrap().key, PathBuf::from("/k.pem"));
+    }
+
+    #[test]
+    fn ldap_from_the_file_and_from_the_environment() {
+        let c = load_file(
+            "berth:\n  auth:\n    ldap:\n      url: ldaps://dc.example.org\n      cafile: /etc/berth/ad-ca.pem\n      binddn: CN=berth,OU=Service,DC=example,DC=org\n      bindpassword: reader-secret\n      basedn: DC=example,DC=org\n      userfilter: (sAMAccountName={username})\n      groupbasedn: OU=Groups,DC=example,DC=org\n      timeout: 2s\n",
+            &[],
+        );
+        let ldap = c.berth.auth.ldap.expect("ldap configured");
+        assert_eq!(ldap.url, "ldaps://dc.example.org");
+        assert_eq!(ldap.cafile, Some(PathBuf::from("/etc/berth/ad-ca.pem")));
+        assert_eq!(ldap.binddn.as_deref(), Some("CN=berth,OU=Service,DC=example,DC=org"));
+        assert_eq!(ldap.bindpassword, Some(Secret("reader-secret".into())));
+        assert_eq!(ldap.basedn, "DC=example,DC=org");
+        assert_eq!(ldap.userfilter, "(sAMAccountName={username})");
+        assert_eq!(ldap.groupbasedn.as_deref(), Some("OU=Groups,DC=example,DC=org"));
+        assert_eq!(ldap.timeout, Duration::from_secs(2));
+        // Unset keys take their defaults.
+        assert!(!ldap.starttls);
+        assert_eq!(ldap.userdn, None);
+        assert_eq!((ldap.groupfilter.as_str(), ldap.groupattribute.as_str()), ("(member={dn})", "cn"));
+        let debug = format!("{ldap:?}");
+        assert!(!debug.contains("reader-secret") && debug.contains("<redacted>"), "{debug}");
+
+        let c = Config::load(
+            None,
+            env(&[
+                ("REGISTRY_BERTH_AUTH_LDAP_URL", "ldap://127.0.0.1:389"),
+                ("REGISTRY_BERTH_AUTH_LDAP_STARTTLS", "true"),
+                ("REGISTRY_BERTH_AUTH_LDAP_USERDN", "uid={username},ou=people,dc=example,dc=org"),
+                ("REGISTRY_BERTH_AUTH_LDAP_GROUPBASEDN", "ou=groups,dc=example,dc=org"),
+                ("REGISTRY_BERTH_AUTH_LDAP_GROUPFILTER", "(memberUid={username})"),
+                ("REGISTRY_BERTH_AUTH_LDAP_GROUPATTRIBUTE", "description"),
+                ("REGISTRY_BERTH_AUTH_LDAP_TIMEOUT", "750ms"),
+            ]),
+        )
+        .unwrap();
+        let ldap = c.berth.auth.ldap.expect("ldap configured");
+        assert_eq!(ldap.url, "ldap://127.0.0.1:389");
+        assert!(ldap.starttls);
+        assert_eq!(ldap.userdn.as_deref(), Some("uid={username},ou=people,dc=example,dc=org"));
+        assert_eq!(ldap.groupfilter, "(memberUid={username})");
+        assert_eq!(ldap.groupattribute, "description");
+        assert_eq!(ldap.timeout, Duration::from_millis(750));
+        assert_eq!((ldap.binddn, ldap.userfilter), (None, "(uid={username})".to_owned()));
+
+        let err = Config::load(None, env(&[("REGISTRY_BERTH_AUTH_LDAP_STARTTLS", "true")])).unwrap_err();
+        assert!(err.to_string().contains("berth.auth.ldap") && err.to_string().contains("url"), "{err}");
+        let err = Config::load(None, env(&[("REGISTRY_BERTH_AUTH_LDAP_USERFILTR", "(uid={username})")])).unwrap_err();
+        assert!(err.to_string().contains("userfiltr"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/v1/users/{name}", get(get_user).patch(update_user).delete(delete_user))
         .route("/api/v1/robots", axum::routing::post(create_robot))
         .route("/api/v1/teams", get(list_teams).post(create_team))
-        .route("/api/v1/teams/{name}", get(get_team).delete(delete_team))
+        .route("/api/v1/teams/{name}", get(get_team).patch(update_team).delete(delete_team))
         .route("/api/v1/teams/{name}/members/{user}", put(add_team_member).delete(remove_team_member))
         .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))
         .route("/api/v1/namespaces/{name}", get(get_namespace).patch(update_namespace).delete(delete_namespace))
@@ -42,7 +42,7 @@ pub(crate) fn routes() -> Router<App> {
 #[openapi(
     info(title = "Berth admin API", version = "1", description = "Users, robots, teams, namespaces, memberships and the audit log of a Berth registry."),
     paths(me, list_users, create_user, get_user, update_user, delete_user, create_robot, list_teams, create_team,
-          get_team, delete_team, add_team_member, remove_team_member, list_namespaces, create_namespace, get_namespace,
+          get_team, update_team, delete_team, add_team_member, remove_team_member, list_namespaces, create_namespace, get_namespace,
           update_namespace, delete_namespace, list_members, set_member, remove_member, audit),
     modifiers(&BasicAuth),
     security(("basic" = []))
@@ -514,6 +514,26 @@ async fn create_team(State(app): State<App>, Caller(by): Caller, bytes: Bytes) -
 async fn get_team(State(app): State<App>, Caller(by): Caller, Path(name): Path<String>) -> Answer {
     let members = authenticator(&app).team_members(&by, &name).await?;
     ok(StatusCode::OK, &TeamDetail { name, members })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TeamUpdate {
+    /// The directory (LDAP) group whose members the team mirrors at each sign-in; null
+    /// to manage the team's members here.
+    #[schema(nullable = true)]
+    directory_group: Option<String>,
+}
+
+/// Makes a team mirror a directory group, or stop mirroring one.
+#[utoipa::path(patch, path = "/api/v1/teams/{name}", tag = "teams", params(("name" = String, Path)),
+    request_body = TeamUpdate, responses(
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+async fn update_team(State(app): State<App>, Caller(by): Caller, Path(name): Path<String>, bytes: Bytes) -> Answer {
+    let update: TeamUpdate = body(&bytes)?;
+    authenticator(&app).set_team_directory_group(&by, &name, update.directory_group.as_deref()).await?;
+    done()
 }
 
 #[utoipa::path(delete, path = "/api/v1/teams/{name}", tag = "teams", params(("name" = String, Path)), responses(

@@ -8,6 +8,7 @@
 
 mod access;
 mod audit;
+mod directory;
 mod namespaces;
 mod store;
 

@@ -315,6 +315,8 @@ async fn the_audit_log_records_changes_and_refusals() {
     root.delete(&format!("/v2/loose/manifests/{}", m1.digest)).await.status(202);
     as_user(&s, "mallory", "guess").get("/v2/").await.status(401);
     admin_ok(&root, Method::POST, "/api/v1/teams", Some(json!({ "name": "ops" }))).await;
+    admin_ok(&root, Method::PATCH, "/api/v1/teams/ops", Some(json!({ "directory_group": "Operators" }))).await;
+    call(&root, Method::PATCH, "/api/v1/teams/nope", Some(json!({ "directory_group": "x" }))).await.status(404);
 
     let events = admin_ok(&root, Method::GET, "/api/v1/audit?limit=1000", None).await;
     let events = events["events"].as_array().unwrap();
@@ -334,6 +336,7 @@ async fn the_audit_log_records_changes_and_refusals() {
     assert_eq!(failure["result"], "denied");
     assert!(!failure.to_string().contains("guess"), "a password reached the audit log");
     find("team.create", "ops");
+    find("team.group", "ops");
     // Newest first, filtered and paged.
     let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]));
