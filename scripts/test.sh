@@ -22,20 +22,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build --release"
 cargo build --release --locked
 
-step "cargo test (release profile: the same build as the binary)"
-cargo test --release --workspace --locked
-
-step "the API tests again on PostgreSQL, PostgreSQL's own race tests, and the directory-team sync"
+step "starting a throwaway PostgreSQL and OpenLDAP for the tests"
 pgdir=$(mktemp -d)
 chmod 755 "$pgdir"
 trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; bash scripts/slapd.sh stop "$pgdir/ldap" || true; rm -rf "$pgdir"' EXIT
 pg_url=$(bash scripts/postgres.sh start "$pgdir/pg" "${BERTH_TEST_PG_PORT:-55439}")
 ldap_url=$(bash scripts/slapd.sh start "$pgdir/ldap" "${BERTH_TEST_LDAP_PORT:-55389}")
-BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth --test api
-BERTH_TEST_POSTGRES="$pg_url" cargo test --release --locked -p berth-metadata
 
-step "LDAP sign-in against a throwaway OpenLDAP server"
-BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --locked -p berth-auth --test ldap
+# Every cargo test below selects from the whole workspace, so features unify as in the
+# build above and nothing is compiled again.
+step "cargo test (release profile: the same build as the binary), LDAP sign-in against OpenLDAP"
+BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --workspace --locked
+
+step "the API tests again on PostgreSQL, PostgreSQL's own race tests, and the directory-team sync"
+BERTH_TEST_POSTGRES="$pg_url" cargo test --release --workspace --locked --lib --test api --test postgres
 
 step "OCI distribution-spec conformance suite"
 BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh

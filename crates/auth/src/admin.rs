@@ -146,11 +146,7 @@ impl Authenticator {
             None => None,
         };
         let record = UserRecord { name: name.to_owned(), password_hash, admin, expires_at: None };
-        if self.meta.create_user(&record, &[], &by.actor).await? {
-            Ok(())
-        } else {
-            Err(AdminError::Conflict(format!("user {name} exists")))
-        }
+        created(self.meta.create_user(&record, &[], &by.actor).await?, "user", name)
     }
 
     /// Changes a password (one's own, or anyone's as an administrator) and/or the
@@ -198,11 +194,7 @@ impl Authenticator {
                 self.require_namespace_admin(by, &namespace).await?;
             }
         }
-        if self.meta.delete_user(name, &by.actor).await? {
-            Ok(())
-        } else {
-            Err(AdminError::NotFound(format!("no user {name}")))
-        }
+        found(self.meta.delete_user(name, &by.actor).await?, "user", name)
     }
 
     /// Creates a robot `robot$<name>` holding `grants`, living `lifetime`. Returns the
@@ -242,9 +234,7 @@ impl Authenticator {
             admin: false,
             expires_at: Some(expires_at),
         };
-        if !self.meta.create_user(&record, &memberships, &by.actor).await? {
-            return Err(AdminError::Conflict(format!("{full} exists")));
-        }
+        created(self.meta.create_user(&record, &memberships, &by.actor).await?, "robot", &full)?;
         Ok(NewRobot { name: full, secret, expires_at })
     }
 
@@ -281,11 +271,7 @@ impl Authenticator {
     pub async fn create_namespace(&self, by: &Acting, name: &str, public: bool) -> Result<()> {
         self.require_admin(by)?;
         self.check_namespace(name)?;
-        if self.meta.create_namespace(name, public, &by.actor).await? {
-            Ok(())
-        } else {
-            Err(AdminError::Conflict(format!("namespace {name} exists")))
-        }
+        created(self.meta.create_namespace(name, public, &by.actor).await?, "namespace", name)
     }
 
     pub async fn update_namespace(&self, by: &Acting, name: &str, public: bool) -> Result<()> {
@@ -341,11 +327,7 @@ impl Authenticator {
     pub async fn create_team(&self, by: &Acting, name: &str) -> Result<()> {
         self.require_admin(by)?;
         check_name("team", name)?;
-        if self.meta.create_team(name, &by.actor).await? {
-            Ok(())
-        } else {
-            Err(AdminError::Conflict(format!("team {name} exists")))
-        }
+        created(self.meta.create_team(name, &by.actor).await?, "team", name)
     }
 
     pub async fn delete_team(&self, by: &Acting, name: &str) -> Result<()> {
@@ -383,6 +365,14 @@ impl Authenticator {
     pub async fn audit(&self, by: &Acting, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         self.require_admin(by)?;
         Ok(self.meta.audit_events(query).await?)
+    }
+}
+
+fn created(done: bool, kind: &str, name: &str) -> Result<()> {
+    if done {
+        Ok(())
+    } else {
+        Err(AdminError::Conflict(format!("{kind} {name} exists")))
     }
 }
 

@@ -251,14 +251,19 @@ struct PageQuery {
     limit: Option<u32>,
 }
 
-impl PageQuery {
-    fn bounds(&self) -> Result<(&str, u32), Failure> {
-        let limit = self.limit.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(invalid("limit must be 1 to 1000"));
-        }
-        Ok((self.after.as_deref().unwrap_or(""), limit))
+/// A page's size: 1 to 1000, 100 if not given.
+fn page_limit(limit: Option<u32>) -> Result<u32, Failure> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid("limit must be 1 to 1000"));
     }
+    Ok(limit)
+}
+
+/// Where a page starts and how long it is.
+fn page(q: Result<Query<PageQuery>, QueryRejection>) -> Result<(String, u32), Failure> {
+    let q = query(q)?;
+    Ok((q.after.unwrap_or_default(), page_limit(q.limit)?))
 }
 
 /// The `next` cursor of a page that came back full.
@@ -428,9 +433,8 @@ async fn me(Caller(by): Caller) -> Answer {
     (status = 200, body = UserPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, body = ErrorBody)))]
 async fn list_users(State(app): State<App>, Caller(by): Caller, q: Result<Query<PageQuery>, QueryRejection>) -> Answer {
-    let q = query(q)?;
-    let (after, limit) = q.bounds()?;
-    let users = authenticator(&app).users(&by, after, limit).await?;
+    let (after, limit) = page(q)?;
+    let users = authenticator(&app).users(&by, &after, limit).await?;
     let next = next_after(&users, limit, |u| &u.name);
     ok(StatusCode::OK, &UserPage { users: users.into_iter().map(User::from).collect(), next })
 }
@@ -492,9 +496,8 @@ async fn create_robot(State(app): State<App>, Caller(by): Caller, bytes: Bytes) 
     (status = 200, body = TeamPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, body = ErrorBody)))]
 async fn list_teams(State(app): State<App>, Caller(by): Caller, q: Result<Query<PageQuery>, QueryRejection>) -> Answer {
-    let q = query(q)?;
-    let (after, limit) = q.bounds()?;
-    let teams = authenticator(&app).teams(&by, after, limit).await?;
+    let (after, limit) = page(q)?;
+    let teams = authenticator(&app).teams(&by, &after, limit).await?;
     let next = next_after(&teams, limit, |t| t);
     ok(StatusCode::OK, &TeamPage { teams: teams.into_iter().map(|name| Team { name }).collect(), next })
 }
@@ -576,9 +579,8 @@ async fn list_namespaces(
     Caller(by): Caller,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Answer {
-    let q = query(q)?;
-    let (after, limit) = q.bounds()?;
-    let (shown, next) = authenticator(&app).namespaces(&by, after, limit).await?;
+    let (after, limit) = page(q)?;
+    let (shown, next) = authenticator(&app).namespaces(&by, &after, limit).await?;
     ok(StatusCode::OK, &NamespacePage { namespaces: shown.into_iter().map(Namespace::from).collect(), next })
 }
 
@@ -680,10 +682,7 @@ async fn audit(State(app): State<App>, Caller(by): Caller, q: Result<Query<Audit
             })
             .transpose()
     };
-    let limit = f.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(invalid("limit must be 1 to 1000"));
-    }
+    let limit = page_limit(f.limit)?;
     let q = AuditQuery {
         actor: f.actor.clone(),
         action: f.action.clone(),

@@ -123,21 +123,19 @@ impl MetadataStore {
     /// Deletes a user or robot with every role it held; its tokens stop working when
     /// they are next checked against the rules (at the latest when they expire).
     pub async fn delete_user(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        for sql in [
+        let dependents = [
             "DELETE FROM namespace_members WHERE kind = 'user' AND member = $1",
             "DELETE FROM team_members WHERE member = $1",
-        ] {
-            sqlx::query(sql).bind(name).execute(tx.conn()).await?;
-        }
-        if sqlx::query("DELETE FROM users WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
+        ];
         let action = if name.starts_with(ROBOT_PREFIX) { "robot.delete" } else { "user.delete" };
-        tx.audit(actor, Record::ok(action, name)).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.delete_with_dependents(
+            &dependents,
+            "DELETE FROM users WHERE name = $1",
+            name,
+            actor,
+            Record::ok(action, name),
+        )
+        .await
     }
 
     /// Keys that verify tokens, oldest first; the last one signs.

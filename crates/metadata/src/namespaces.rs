@@ -216,16 +216,9 @@ impl MetadataStore {
     /// Deletes a namespace and its memberships (not its repositories: they fall back to
     /// the registry's defaults).
     pub async fn delete_namespace(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM namespace_members WHERE namespace = $1").bind(name).execute(tx.conn()).await?;
-        let done = sqlx::query("DELETE FROM namespaces WHERE name = $1").bind(name).execute(tx.conn()).await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.audit(actor, Record::ok("namespace.delete", name)).await?;
-        tx.commit().await?;
-        Ok(true)
+        let dependents = ["DELETE FROM namespace_members WHERE namespace = $1"];
+        let delete = "DELETE FROM namespaces WHERE name = $1";
+        self.delete_with_dependents(&dependents, delete, name, actor, Record::ok("namespace.delete", name)).await
     }
 
     pub async fn namespace_members(&self, namespace: &str) -> Result<Vec<Member>> {
@@ -304,20 +297,12 @@ impl MetadataStore {
 
     /// Deletes a team, its members and the roles it held.
     pub async fn delete_team(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        for sql in [
+        let dependents = [
             "DELETE FROM team_members WHERE team = $1",
             "DELETE FROM namespace_members WHERE kind = 'team' AND member = $1",
-        ] {
-            sqlx::query(sql).bind(name).execute(tx.conn()).await?;
-        }
-        if sqlx::query("DELETE FROM teams WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.audit(actor, Record::ok("team.delete", name)).await?;
-        tx.commit().await?;
-        Ok(true)
+        ];
+        let delete = "DELETE FROM teams WHERE name = $1";
+        self.delete_with_dependents(&dependents, delete, name, actor, Record::ok("team.delete", name)).await
     }
 
     pub async fn team_members(&self, team: &str) -> Result<Vec<String>> {

@@ -624,6 +624,30 @@ impl MetadataStore {
         Ok(true)
     }
 
+    /// Deletes the row `delete` names by `key`, and first the rows that refer to it
+    /// (`dependents`, each bound to the same key), with its audit event, in one
+    /// transaction; false, and nothing changed, if there was no such row.
+    pub(crate) async fn delete_with_dependents(
+        &self,
+        dependents: &[&str],
+        delete: &str,
+        key: &str,
+        actor: &Actor,
+        record: Record<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        for sql in dependents {
+            sqlx::query(sql).bind(key).execute(tx.conn()).await?;
+        }
+        if sqlx::query(delete).bind(key).execute(tx.conn()).await?.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.audit(actor, record).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
         let row = sqlx::query("SELECT repository, size, hash_state FROM uploads WHERE id = $1")
             .bind(id)
