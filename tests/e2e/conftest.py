@@ -52,11 +52,18 @@ def make_server(request, workdir):
     """Factory: start a fresh registry server (own temp root dir, own free port)."""
     servers = []
 
-    def make(env: dict | None = None, scheme: str = "http", ca: str | None = None) -> RegistryServer:
+    def make(env: dict | None = None, scheme: str = "http", ca: str | None = None,
+             config: str | None = None) -> RegistryServer:
+        """`config`: the text of a YAML configuration file (for what the environment cannot
+        say, such as lists)."""
         d = os.path.join(workdir, f"server{len(servers)}")
         os.makedirs(d)
         srv = RegistryServer(SERVER_KIND, d)
         srv.extra_env.update(env or {})
+        if config is not None:
+            srv.config_path = os.path.join(d, "config.yml")
+            with open(srv.config_path, "w") as f:
+                f.write(config)
         srv.scheme, srv.ca = scheme, ca
         servers.append(srv)
         _attach_log(request.node, f"{SERVER_KIND} server {len(servers)}", srv.log_text)

@@ -94,6 +94,8 @@ class RegistryServer:
         # Set both for a server on TLS: the scheme clients use and the CA they trust.
         self.scheme = "http"
         self.ca: str | None = None
+        # A YAML configuration file for berth, beside the environment.
+        self.config_path: str | None = None
 
     @property
     def host(self) -> str:
@@ -117,7 +119,7 @@ class RegistryServer:
         if not os.path.exists(BERTH_BIN):
             raise AssertionError(f"berth binary not found at {BERTH_BIN} (set BERTH_BIN, or "
                                  f"E2E_SERVER=distribution to run against docker-registry)")
-        return [BERTH_BIN, "serve"]
+        return [BERTH_BIN, "serve", *([self.config_path] if self.config_path else [])]
 
     def env(self) -> dict:
         env = dict(os.environ)

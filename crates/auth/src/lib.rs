@@ -7,6 +7,7 @@
 //! repository. Nothing here knows HTTP.
 
 pub mod admin;
+mod federation;
 mod htpasswd;
 mod ldap;
 mod limiter;
@@ -14,6 +15,7 @@ mod password;
 pub mod scope;
 mod tokens;
 
+pub use federation::{FederationRule, FederationSettings};
 pub use ldap::{DirectoryUser, LdapDirectory, LdapError, LdapSettings};
 pub use password::{hash_argon2, StoredHash};
 pub use scope::{Actions, Resource, Scope};
@@ -52,6 +54,8 @@ pub struct AuthSettings {
     pub credential_cache: Duration,
     /// `berth.auth.ldap`: a directory for the users with no password kept here.
     pub ldap: Option<LdapSettings>,
+    /// `berth.auth.federation`: CI systems whose OIDC ID tokens sign pipelines in.
+    pub federation: Vec<FederationSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,14 +101,29 @@ pub enum Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Anonymous,
-    User { name: String, admin: bool },
+    User {
+        name: String,
+        admin: bool,
+    },
+    /// A CI pipeline signed in with its CI system's ID token: it may do what the
+    /// provider's matching rules grant (and what anyone may), until `expires`.
+    Workload {
+        /// [`WORKLOAD_PREFIX`], the provider, `:` and the token's subject.
+        name: String,
+        grants: Arc<Vec<(String, Role)>>,
+        expires: u64,
+    },
 }
+
+/// Begins the name of every workload principal. No user can be named like it (`$` is
+/// not allowed in user names), so a pipeline never acts as a user.
+pub const WORKLOAD_PREFIX: &str = "ci$";
 
 impl Principal {
     pub fn name(&self) -> &str {
         match self {
             Principal::Anonymous => "",
-            Principal::User { name, .. } => name,
+            Principal::User { name, .. } | Principal::Workload { name, .. } => name,
         }
     }
 }
@@ -139,6 +158,15 @@ pub enum AuthError {
     Backend(String),
 }
 
+impl From<federation::FederationError> for AuthError {
+    fn from(e: federation::FederationError) -> Self {
+        match e {
+            federation::FederationError::Refused(m) => AuthError::Unauthenticated(m),
+            federation::FederationError::Unavailable(_) => AuthError::Backend(e.to_string()),
+        }
+    }
+}
+
 impl From<berth_metadata::Error> for AuthError {
     fn from(e: berth_metadata::Error) -> Self {
         AuthError::Backend(e.to_string())
@@ -170,8 +198,10 @@ pub struct Authenticator {
     meta: MetadataStore,
     htpasswd: Option<htpasswd::Htpasswd>,
     tokens: Option<TokenKeys>,
-    external: Option<tokens::ExternalKeys>,
+    external: Option<tokens::IssuerKeys>,
     directory: Option<LdapDirectory>,
+    /// The CI identity providers, by the user name pipelines sign in with.
+    federation: std::collections::HashMap<String, federation::Provider>,
     limiter: limiter::LoginLimiter,
     /// Passwords verified recently, keyed by a keyed hash of user, stored hash and
     /// password: a wrong password, or one whose stored hash changed, misses.
@@ -223,7 +253,7 @@ impl Authenticator {
         };
         let external = match &settings.external {
             Some(e) => Some(
-                tokens::ExternalKeys::load(&e.jwks, e.issuer.clone(), e.service.clone())
+                tokens::IssuerKeys::load(&e.jwks, e.issuer.clone(), e.service.clone())
                     .context("loading the token server's keys (`auth.token.jwks`)")?,
             ),
             None => None,
@@ -240,6 +270,14 @@ impl Authenticator {
             }
             None => None,
         };
+        let mut federation = std::collections::HashMap::new();
+        for provider in &settings.federation {
+            let p = federation::Provider::new(provider.clone())
+                .map_err(|e| anyhow::anyhow!("`berth.auth.federation` {:?}: {e}", provider.name))?;
+            if federation.insert(provider.name.clone(), p).is_some() {
+                anyhow::bail!("`berth.auth.federation`: two providers are named {:?}", provider.name);
+            }
+        }
         let challenge = match (&settings.token, &settings.external, &settings.htpasswd) {
             (Some(t), _, _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
             (None, Some(e), _) => Challenge::Bearer { realm: Some(e.realm.clone()), service: e.service.clone() },
@@ -268,6 +306,7 @@ impl Authenticator {
             tokens,
             external,
             directory,
+            federation,
             verified: quick_cache::sync::Cache::new(10_000),
             verified_tokens: quick_cache::sync::Cache::new(10_000),
             cache_key,
@@ -325,9 +364,11 @@ impl Authenticator {
     /// Whether the caller may list repositories at all; the listing itself shows only
     /// what [`Authenticator::catalog_view`] lets the caller see.
     pub fn may_list_catalog(&self, caller: &Caller) -> bool {
-        match &caller.token {
-            Some(grants) => grants.iter().any(|s| s.resource == Resource::Catalog),
-            None => true,
+        match (&caller.token, &caller.principal) {
+            (Some(grants), _) => grants.iter().any(|s| s.resource == Resource::Catalog),
+            // A pipeline pushes and pulls what it was granted; it has no business browsing.
+            (None, Principal::Workload { .. }) => false,
+            (None, _) => true,
         }
     }
 
@@ -383,8 +424,17 @@ impl Authenticator {
     /// registry's defaults. Asked of the database on every request, so a changed role
     /// applies to the next request.
     async fn principal_access(&self, principal: &Principal, repository: &str) -> Result<Actions, AuthError> {
-        if let Principal::User { admin: true, .. } = principal {
-            return Ok(Actions::ALL);
+        match principal {
+            Principal::User { admin: true, .. } => return Ok(Actions::ALL),
+            Principal::Workload { grants, .. } => {
+                let granted = grants
+                    .iter()
+                    .filter(|(namespace, _)| in_namespace(repository, namespace))
+                    .fold(Actions::NONE, |acc, (_, role)| acc.union(role_actions(*role)));
+                // Never less than anyone may do (a public namespace's pulls).
+                return Ok(granted.union(Box::pin(self.principal_access(&Principal::Anonymous, repository)).await?));
+            }
+            _ => {}
         }
         let Some(namespace) = self.namespace_of(repository) else { return Ok(self.default_access(principal)) };
         Ok(match self.meta.standing(namespace, principal.name()).await? {
@@ -477,6 +527,9 @@ impl Authenticator {
         from: IpAddr,
     ) -> Result<(Principal, Option<StoredHash>), AuthError> {
         let too_many = |retry_after| AuthError::TooManyAttempts { retry_after };
+        if let Some(provider) = self.federation.get(user) {
+            return Ok((self.check_workload(provider, password, from).await?, None));
+        }
         self.limiter.check(user, from).map_err(too_many)?;
         let (name, verified) = match self.stored_credential(user).await? {
             Some((hash, admin)) => {
@@ -503,6 +556,45 @@ impl Authenticator {
                 self.meta.audit_refusal(&actor, "auth.failure", &name, None).await?;
                 Err(AuthError::Unauthenticated("invalid username or password".into()))
             }
+        }
+    }
+
+    /// The workload an ID token proves. Failures count against the address (and the
+    /// provider from that address), never against the provider's name alone: that
+    /// would let anyone lock every pipeline out. A verified token is remembered until
+    /// it expires, like a registry token.
+    async fn check_workload(
+        &self,
+        provider: &federation::Provider,
+        token: &str,
+        from: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let key: [u8; 32] = Sha256::digest(format!("{}\0{token}", provider.name()).as_bytes()).into();
+        if let Some((exp, caller)) = self.verified_tokens.get(&key) {
+            if exp > unix_now() {
+                return Ok(caller.principal);
+            }
+        }
+        let counted = format!("{}\0{from}", provider.name());
+        self.limiter.check(&counted, from).map_err(|retry_after| AuthError::TooManyAttempts { retry_after })?;
+        match provider.verify(token).await {
+            Ok(workload) => {
+                let principal = Principal::Workload {
+                    name: format!("{WORKLOAD_PREFIX}{}:{}", provider.name(), workload.subject),
+                    grants: Arc::new(workload.grants),
+                    expires: workload.expires,
+                };
+                let caller = Caller { principal: principal.clone(), token: None };
+                self.verified_tokens.insert(key, (workload.expires, caller));
+                Ok(principal)
+            }
+            Err(federation::FederationError::Refused(reason)) => {
+                self.limiter.failed(&counted, from);
+                let actor = Actor::new(provider.name(), from.to_string());
+                self.meta.audit_refusal(&actor, "auth.failure", provider.name(), None).await?;
+                Err(AuthError::Unauthenticated(reason))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -628,7 +720,7 @@ impl Authenticator {
             let Some(scope) = Scope::parse(requested) else { continue };
             let actions = match &scope.resource {
                 Resource::Repository(name) => self.principal_access(&principal, name).await?.intersect(scope.actions),
-                Resource::Catalog if principal != Principal::Anonymous => Actions::ALL,
+                Resource::Catalog if matches!(principal, Principal::User { .. }) => Actions::ALL,
                 Resource::Catalog => Actions::NONE,
             };
             if !actions.is_empty() {
@@ -636,11 +728,16 @@ impl Authenticator {
             }
         }
         let now = unix_now();
+        let mut exp = now + settings.expiration.as_secs();
+        if let Principal::Workload { expires, .. } = &principal {
+            // A registry token never outlives the ID token it was exchanged for.
+            exp = exp.min(*expires);
+        }
         let claims = Claims {
             iss: keys.issuer().to_owned(),
             sub: principal.name().to_owned(),
             aud: keys.audience().to_owned(),
-            exp: now + settings.expiration.as_secs(),
+            exp,
             nbf: now,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
@@ -662,7 +759,7 @@ impl Authenticator {
         Ok(IssuedToken {
             access_token: token.clone(),
             token,
-            expires_in: settings.expiration.as_secs(),
+            expires_in: exp.saturating_sub(now),
             issued_at: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(now)).to_string(),
             refresh_token,
             scope: granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
@@ -690,6 +787,11 @@ impl Authenticator {
 fn fingerprint(stored: &StoredHash) -> String {
     let digest = Sha256::digest(format!("berth-refresh\0{}", stored.as_str()).as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// Whether `repository` lies in `namespace` (a path prefix, whole components only).
+fn in_namespace(repository: &str, namespace: &str) -> bool {
+    repository.strip_prefix(namespace).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// What a role allows on its namespace's repositories.

@@ -11,6 +11,7 @@ use base64::Engine;
 use berth_metadata::MetadataStore;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -156,7 +157,7 @@ impl TokenKeys {
     /// The claims of a token this service signed, if its signature, issuer, audience and
     /// times hold.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let header = header(token)?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
         }
@@ -181,78 +182,99 @@ impl TokenKeys {
 
 /// The claims of `token` if `key` signed it with `algorithm` and issuer, audience and
 /// times hold (30 s leeway for clocks).
-fn validate(
+fn validate<T: DeserializeOwned>(
     token: &str,
     key: &DecodingKey,
     algorithm: Algorithm,
     issuer: &str,
     audience: &str,
     required: &[&str],
-) -> Result<Claims, TokenError> {
+) -> Result<T, TokenError> {
     let mut validation = Validation::new(algorithm);
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[audience]);
     validation.validate_nbf = true;
     validation.leeway = 30;
     validation.set_required_spec_claims(required);
-    jsonwebtoken::decode::<Claims>(token, key, &validation)
-        .map(|d| d.claims)
-        .map_err(|e| TokenError::Invalid(e.to_string()))
+    jsonwebtoken::decode::<T>(token, key, &validation).map(|d| d.claims).map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
-/// The keys of an external token server (registry:2's `auth.token` with `jwks`): tokens
-/// are verified here, never issued.
-pub struct ExternalKeys {
+/// The public keys of another issuer, from its JWKS: an external token server
+/// (registry:2's `auth.token` with `jwks`) or a CI system's OIDC issuer. Tokens are
+/// verified here, never issued.
+pub struct IssuerKeys {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
     issuer: String,
     audience: String,
 }
 
-impl ExternalKeys {
-    /// Reads a JWKS file. Each key needs a key id and an asymmetric type; its algorithm
-    /// is the one it names, or the one its type implies. Shared secrets are refused: a
-    /// registry that can verify with a secret could also forge with it.
-    pub fn load(path: &std::path::Path, issuer: String, audience: String) -> Result<ExternalKeys, TokenError> {
-        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-        let bad = |m: String| TokenError::Invalid(format!("{}: {m}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+impl IssuerKeys {
+    /// Reads a JWKS file.
+    pub fn load(path: &std::path::Path, issuer: String, audience: String) -> Result<IssuerKeys, TokenError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TokenError::Invalid(format!("{}: {e}", path.display())))?;
+        IssuerKeys::parse(&text, issuer, audience).map_err(|e| TokenError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads a JWKS document. Each key needs a key id and an asymmetric type; its
+    /// algorithm is the one it names, or the one its type implies. Shared secrets are
+    /// refused: a registry that can verify with a secret could also forge with it. Keys
+    /// meant for encryption (`use: enc`) are skipped.
+    pub fn parse(jwks: &str, issuer: String, audience: String) -> Result<IssuerKeys, String> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| e.to_string())?;
         let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let kid = jwk.common.key_id.clone().ok_or_else(|| bad("a key has no \"kid\"".into()))?;
+        for jwk in set.keys.iter().filter(|k| k.common.public_key_use != Some(PublicKeyUse::Encryption)) {
+            let kid = jwk.common.key_id.clone().ok_or("a key has no \"kid\"")?;
             let implied = match &jwk.algorithm {
                 AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
                 AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P384 => Algorithm::ES384,
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
                 AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                _ => return Err(bad(format!("key {kid:?} is not an asymmetric signing key"))),
+                _ => return Err(format!("key {kid:?} is not an asymmetric signing key")),
             };
             let algorithm = match jwk.common.key_algorithm {
-                Some(a) => a.to_string().parse::<Algorithm>().map_err(|e| bad(format!("key {kid:?}: {e}")))?,
+                Some(a) => a.to_string().parse::<Algorithm>().map_err(|e| format!("key {kid:?}: {e}"))?,
                 None => implied,
             };
             if algorithm.family() != implied.family() {
-                return Err(bad(format!("key {kid:?} names {algorithm:?}, which its key type cannot do")));
+                return Err(format!("key {kid:?} names {algorithm:?}, which its key type cannot do"));
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key {kid:?}: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
             keys.insert(kid, (key, algorithm));
         }
         if keys.is_empty() {
-            return Err(bad("no keys".into()));
+            return Err("no keys".into());
         }
-        Ok(ExternalKeys { keys, issuer, audience })
+        Ok(IssuerKeys { keys, issuer, audience })
     }
 
+    pub fn has_key(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    /// A registry token of the external token server.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        self.verify_claims(token, &["exp", "iss", "aud"])
+    }
+
+    /// The claims of a token one of these keys signed, with the algorithm the key is
+    /// for, if issuer, audience, times and the `required` claims hold.
+    pub fn verify_claims<T: DeserializeOwned>(&self, token: &str, required: &[&str]) -> Result<T, TokenError> {
+        let header = header(token)?;
         let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
         let (key, algorithm) =
             self.keys.get(&kid).ok_or_else(|| TokenError::Invalid(format!("unknown key id {kid:?}")))?;
         if header.alg != *algorithm {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not the key's", header.alg)));
         }
-        validate(token, key, *algorithm, &self.issuer, &self.audience, &["exp", "iss", "aud"])
+        validate(token, key, *algorithm, &self.issuer, &self.audience, required)
     }
+}
+
+/// A token's header, read before its signature is checked (to pick the key).
+pub fn header(token: &str) -> Result<Header, TokenError> {
+    jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 /// A new P-256 key: its RFC 7638 thumbprint as key id, and its PKCS#8 PEM.

@@ -3,10 +3,13 @@
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
-use berth_auth::{Actions, AuthSettings, Authenticator, ExternalTokenSettings, LdapSettings, TokenSettings};
+use berth_auth::{
+    Actions, AuthSettings, Authenticator, ExternalTokenSettings, FederationRule, FederationSettings, LdapSettings,
+    TokenSettings,
+};
 pub use berth_config as config;
 use berth_http::{EdgeOptions, ServerLimits};
-use berth_metadata::MetadataStore;
+use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
 use berth_storage::{FsBlobStore, Spool};
 use config::{Config, UploadPurging};
@@ -69,7 +72,12 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         }
         None => None,
     };
-    if auth.htpasswd.is_none() && !ours.token.enabled && external.is_none() && ours.ldap.is_none() {
+    if auth.htpasswd.is_none()
+        && !ours.token.enabled
+        && external.is_none()
+        && ours.ldap.is_none()
+        && ours.federation.is_empty()
+    {
         return Ok(None);
     }
     let level = |key: &str, value: &str| {
@@ -111,11 +119,49 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
             group_name_attribute: l.groupattribute.clone(),
             timeout: l.timeout,
         }),
+        federation: ours.federation.iter().map(federation_settings).collect::<anyhow::Result<_>>()?,
         namespace_depth: match ours.namespacedepth {
             d @ 1..=4 => d,
             d => bail!("`berth.auth.namespacedepth` must be 1 to 4, not {d}"),
         },
     }))
+}
+
+/// One `berth.auth.federation` entry, its roles parsed and its name checked.
+fn federation_settings(f: &berth_config::Federation) -> anyhow::Result<FederationSettings> {
+    let key = format!("`berth.auth.federation` {:?}", f.name);
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if f.name.is_empty() || !f.name.chars().all(plain) {
+        bail!("{key}: a provider's name is letters, digits and . _ -");
+    }
+    if f.rules.is_empty() {
+        bail!("{key}: no rules, so no token would be admitted");
+    }
+    let rules = f
+        .rules
+        .iter()
+        .map(|r| {
+            let grants = r
+                .grants
+                .iter()
+                .map(|g| {
+                    let role = Role::parse(&g.role).with_context(|| {
+                        format!("{key}: invalid role {:?}: expected reader, developer, maintainer or admin", g.role)
+                    })?;
+                    Ok((g.namespace.trim_end_matches('/').to_owned(), role))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Ok(FederationRule { claims: r.claims.clone().into_iter().collect(), grants })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(FederationSettings {
+        name: f.name.clone(),
+        issuer: f.issuer.clone(),
+        audience: f.audience.clone(),
+        jwks_uri: f.jwksuri.clone(),
+        rules,
+        timeout: f.timeout,
+    })
 }
 
 fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {

@@ -264,6 +264,9 @@ pub struct BerthAuth {
     /// Sign-in against an LDAP directory or Active Directory, for users with no
     /// password kept here.
     pub ldap: Option<Ldap>,
+    /// CI systems whose OIDC ID tokens sign pipelines in (`docker login -u <name> -p
+    /// "$ID_TOKEN"`), with the rules that say what each pipeline may do.
+    pub federation: Vec<Federation>,
 }
 
 impl Default for BerthAuth {
@@ -276,6 +279,7 @@ impl Default for BerthAuth {
             credentialcache: Duration::from_secs(60),
             namespacedepth: 1,
             ldap: None,
+            federation: Vec::new(),
         }
     }
 }
@@ -376,6 +380,45 @@ fn default_group_attribute() -> String {
 }
 
 fn default_ldap_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `berth.auth.federation[]`: one CI system's OIDC issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// The user name pipelines sign in with (`github`, `gitlab`, `k8s-prod`).
+    pub name: String,
+    /// The issuer, exactly as its tokens' `iss` claim says it.
+    pub issuer: String,
+    /// The audience the tokens must be issued for.
+    pub audience: String,
+    /// The issuer's JWKS; default: the one its discovery document names.
+    pub jwksuri: Option<String>,
+    /// The bound on each request to the issuer.
+    #[serde(with = "duration", default = "default_federation_timeout")]
+    pub timeout: Duration,
+    pub rules: Vec<FederationRule>,
+}
+
+/// A token whose claims all match `claims` (exact values, or patterns with `*`) gets
+/// the `grants`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationRule {
+    pub claims: std::collections::BTreeMap<String, String>,
+    pub grants: Vec<FederationGrant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationGrant {
+    pub namespace: String,
+    /// `reader`, `developer`, `maintainer` or `admin`.
+    pub role: String,
+}
+
+fn default_federation_timeout() -> Duration {
     Duration::from_secs(5)
 }
 

@@ -168,8 +168,15 @@ impl FromRequestParts<App> for Caller {
         }
         let from = client_ip(&parts.extensions);
         let caller = auth.authenticate(creds, from).await?;
-        if caller.principal == Principal::Anonymous {
-            return Err(AuthError::Unauthenticated("sign in to use the admin API".into()).into());
+        match caller.principal {
+            Principal::Anonymous => {
+                return Err(AuthError::Unauthenticated("sign in to use the admin API".into()).into());
+            }
+            Principal::Workload { .. } => {
+                let m = "a CI identity may push and pull, not use the admin API".into();
+                return Err(Failure(StatusCode::FORBIDDEN, "FORBIDDEN", m));
+            }
+            Principal::User { .. } => {}
         }
         let actor = Actor::new(caller.principal.name(), from.to_string());
         Ok(Caller(Acting { principal: caller.principal, actor }))

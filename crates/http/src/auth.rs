@@ -81,7 +81,7 @@ pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) ->
             ))
         }
         None if matches!(action, Action::Catalog(_)) && !auth.may_list_catalog(&caller) => Err(refused(
-            AuthError::Unauthenticated("the token does not grant the catalog".into()),
+            AuthError::Unauthenticated("the caller's access does not include the catalog".into()),
             Some(Wanted { scope: CATALOG.into(), insufficient: true }),
         )),
         None => Ok(caller),

@@ -24,5 +24,6 @@ pub fn settings() -> AuthSettings {
         credential_cache: Duration::from_secs(60),
         namespace_depth: 1,
         ldap: None,
+        federation: Vec::new(),
     }
 }
