@@ -53,9 +53,10 @@ def make_server(request, workdir):
     servers = []
 
     def make(env: dict | None = None, scheme: str = "http", ca: str | None = None,
-             config: str | None = None) -> RegistryServer:
+             config: str | None = None, client_cert: tuple[str, str] | None = None) -> RegistryServer:
         """`config`: the text of a YAML configuration file (for what the environment cannot
-        say, such as lists)."""
+        say, such as lists); `client_cert`: (certificate, key) the readiness check presents
+        to a server that requires client certificates."""
         d = os.path.join(workdir, f"server{len(servers)}")
         os.makedirs(d)
         srv = RegistryServer(SERVER_KIND, d)
@@ -64,7 +65,7 @@ def make_server(request, workdir):
             srv.config_path = os.path.join(d, "config.yml")
             with open(srv.config_path, "w") as f:
                 f.write(config)
-        srv.scheme, srv.ca = scheme, ca
+        srv.scheme, srv.ca, srv.client_cert = scheme, ca, client_cert
         servers.append(srv)
         _attach_log(request.node, f"{SERVER_KIND} server {len(servers)}", srv.log_text)
         srv.start()

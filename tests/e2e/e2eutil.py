@@ -96,6 +96,7 @@ class RegistryServer:
         self.ca: str | None = None
         # A YAML configuration file for berth, beside the environment.
         self.config_path: str | None = None
+        self.client_cert: tuple[str, str] | None = None
 
     @property
     def host(self) -> str:
@@ -152,7 +153,7 @@ class RegistryServer:
                                      f"startup:\n{self.log_text()}")
             try:
                 # 401: up, and asking for credentials.
-                r = requests.get(self.url + "/v2/", timeout=2, verify=self.ca or True)
+                r = requests.get(self.url + "/v2/", timeout=2, verify=self.ca or True, cert=self.client_cert)
                 if r.status_code in (200, 401):
                     return
             except requests.RequestException:
@@ -285,3 +286,24 @@ class Skopeo:
 
     def inspect(self, ref: str) -> dict:
         return json.loads(self("inspect", "--tls-verify=false", ref, timeout=120).stdout)
+
+
+def docker_cli(sock: str, workdir: str):
+    """`docker` against the private dockerd at `sock`, with its own client config
+    directory (`.config`: where `docker login` stores credentials)."""
+    config = os.path.join(workdir, "docker-config")
+    os.makedirs(config, exist_ok=True)
+
+    def dk(*args, **kw):
+        return run(["docker", "--config", config, "-H", f"unix://{sock}", *args], **kw)
+
+    dk.config = config
+    return dk
+
+
+def docker_load(skopeo, dk, layout, workdir: str, local: str, target: str) -> None:
+    """Loads an OCI layout into dockerd as `local` (through a docker-archive) and tags it `target`."""
+    archive = os.path.join(workdir, "image.tar")
+    skopeo.copy(layout.ref, f"docker-archive:{archive}:{local}")
+    dk("load", "-i", archive)
+    dk("tag", local, target)

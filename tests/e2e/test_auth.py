@@ -14,7 +14,7 @@ import pytest
 import requests
 
 import imagetools as it
-from e2eutil import berth_only, run, wait_for
+from e2eutil import berth_only, docker_cli, docker_load, run, wait_for
 
 pytestmark = berth_only
 
@@ -32,14 +32,18 @@ def make_ca(d: str) -> tuple[str, str]:
     return ca_key, ca_crt
 
 
-def make_cert(d: str, ca: tuple[str, str], name: str) -> tuple[str, str]:
-    """A server certificate for 127.0.0.1 and localhost, signed by the test CA."""
-    key, csr, crt = (os.path.join(d, f"{name}.{ext}") for ext in ("key", "csr", "crt"))
+def make_cert(d: str, ca: tuple[str, str], name: str, client_cn: str | None = None) -> tuple[str, str]:
+    """A certificate signed by the test CA: for a server on 127.0.0.1 and localhost, or
+    with `client_cn`, a client certificate (`name.cert`) whose subject's common name is that."""
+    suffix = "cert" if client_cn else "crt"
+    key, csr, crt = (os.path.join(d, f"{name}.{ext}") for ext in ("key", "csr", suffix))
     ext = os.path.join(d, f"{name}.ext")
     with open(ext, "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        f.write("extendedKeyUsage=clientAuth\n" if client_cn else
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    subject = f"/O=berth-e2e/CN={client_cn}" if client_cn else f"/CN={name}"
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+             "-keyout", key, "-out", csr, "-subj", subject)
     _openssl("x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0], "-CAcreateserial",
              "-out", crt, "-days", "2", "-extfile", ext)
     return crt, key
@@ -124,20 +128,13 @@ def test_docker_login_push_pull_over_tls(mode, make_server, workdir, tls, skopeo
     certs_d = f"/etc/docker/certs.d/{srv.host}"
     os.makedirs(certs_d, exist_ok=True)
     shutil.copy(tls["ca"], os.path.join(certs_d, "ca.crt"))
-    config = os.path.join(workdir, "docker-config")
-    os.makedirs(config)
-
-    def dk(*args, **kw):
-        return run(["docker", "--config", config, "-H", f"unix://{docker.sock}", *args], **kw)
+    dk = docker_cli(docker.sock, workdir)
 
     try:
         src = it.write_image_layout(os.path.join(workdir, "src"), "v1", salt=f"docker-auth-{mode}")
-        archive = os.path.join(workdir, "image.tar")
         local = f"berth-e2e/auth-{mode}-{srv.port}:v1"
-        skopeo.copy(src.ref, f"docker-archive:{archive}:{local}")
-        dk("load", "-i", archive)
         target = f"{srv.host}/team/docker-app:v1"
-        dk("tag", local, target)
+        docker_load(skopeo, dk, src, workdir, local, target)
         denied = dk("push", target, check=False, timeout=120)
         assert denied.returncode != 0
         bad = dk("login", "-u", USER, "--password-stdin", srv.host, input=b"wrong", check=False)
@@ -151,7 +148,7 @@ def test_docker_login_push_pull_over_tls(mode, make_server, workdir, tls, skopeo
         assert f"{srv.host}/team/docker-app@{pushed}" in info["RepoDigests"]
         assert info["RootFS"]["Layers"] == src.images[0].diff_ids
         dk("rmi", target)
-        stored = json.load(open(os.path.join(config, "config.json")))
+        stored = json.load(open(os.path.join(dk.config, "config.json")))
         assert srv.host in stored["auths"]
         assert_no_secrets(srv, PASSWORD)
     finally:
@@ -239,3 +236,67 @@ def test_http2_tls_versions_and_certificate_reload(make_server, workdir, tls):
     assert requests.get(f"{srv.url}/v2/", verify=tls["ca"], timeout=10,
                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert_no_secrets(srv, PASSWORD, token)
+
+
+def mtls_config(tls, mode: str) -> str:
+    return (f"http:\n  tls:\n    certificate: {tls['crt']}\n    key: {tls['key']}\n"
+            f"    clientcas:\n      - {tls['ca']}\n"
+            f"berth:\n  http:\n    clientcertificates: {mode}\n"
+            f"  auth:\n    defaultaccess:\n      authenticated: push\n"
+            f"    admin:\n      username: root\n      password: {PASSWORD}\n")
+
+
+def test_client_certificates_required(make_server, workdir, tls, skopeo):
+    """registry:2's `http.tls.clientcas`: no certificate of a configured CA, no connection;
+    the certificate's common name is the caller."""
+    alice = make_cert(tls["dir"], (tls["ca_key"], tls["ca"]), "alice", client_cn="alice")
+    srv = make_server(config=mtls_config(tls, "required"), scheme="https", ca=tls["ca"], client_cert=alice)
+    root = make_cert(tls["dir"], (tls["ca_key"], tls["ca"]), "root", client_cn="root")
+    elsewhere = os.path.join(workdir, "stranger")
+    os.makedirs(elsewhere)
+    stranger = make_cert(elsewhere, make_ca(elsewhere), "alice", client_cn="alice")
+
+    for cert in (None, stranger):
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(f"{srv.url}/v2/", cert=cert, verify=tls["ca"], timeout=10)
+    assert requests.get(f"{srv.url}/v2/", cert=alice, verify=tls["ca"], timeout=10).status_code == 200
+
+    # skopeo with the certificate in its cert dir (client.cert + client.key + CA), no password.
+    certs = os.path.join(workdir, "certs")
+    os.makedirs(certs)
+    shutil.copy(tls["ca"], os.path.join(certs, "ca.crt"))
+    shutil.copy(alice[0], os.path.join(certs, "client.cert"))
+    shutil.copy(alice[1], os.path.join(certs, "client.key"))
+    src = it.write_image_layout(os.path.join(workdir, "src"), "v1", salt="mtls")
+    skopeo("copy", "--insecure-policy", "--dest-cert-dir", certs, src.ref, f"docker://{srv.host}/team/app:v1")
+    raw = skopeo("inspect", "--raw", "--cert-dir", certs, f"docker://{srv.host}/team/app:v1").stdout
+    assert it.sha256_digest(raw) == src.digest
+    # alice may push (defaultaccess.authenticated: push) but not delete.
+    gone = requests.delete(f"{srv.url}/v2/team/app/manifests/{src.digest}", cert=alice, verify=tls["ca"], timeout=10)
+    assert gone.status_code == 403 and "alice may not" in gone.text, gone.text
+
+    # The audit log names alice; root's certificate makes root the administrator.
+    events = requests.get(f"{srv.url}/api/v1/audit", cert=root, verify=tls["ca"], timeout=10)
+    assert events.status_code == 200, events.text
+    pushes = [e for e in events.json()["events"] if e["action"] == "manifest.push"]
+    assert [e["actor"] for e in pushes] == ["alice"]
+    me = requests.get(f"{srv.url}/api/v1/me", cert=alice, verify=tls["ca"], timeout=10).json()
+    assert me["name"] == "alice" and not me["admin"]
+
+
+def test_client_certificates_optional(make_server, workdir, tls):
+    """`berth.http.clientcertificates: optional`: clients without a certificate connect and
+    sign in as usual; credentials in a header win over the certificate; a certificate
+    cannot name a robot."""
+    srv = make_server(config=mtls_config(tls, "optional"), scheme="https", ca=tls["ca"])
+    alice = make_cert(tls["dir"], (tls["ca_key"], tls["ca"]), "alice", client_cn="alice")
+    robot = make_cert(tls["dir"], (tls["ca_key"], tls["ca"]), "robot", client_cn="robot$ci")
+
+    def get(**kw):
+        return requests.get(f"{srv.url}/v2/", verify=tls["ca"], timeout=10, **kw)
+
+    assert get().status_code == 401
+    assert get(auth=("root", PASSWORD)).status_code == 200
+    assert get(cert=alice).status_code == 200
+    assert get(cert=alice, auth=("root", "wrong")).status_code == 401
+    assert get(cert=robot).status_code == 401

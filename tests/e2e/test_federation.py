@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import imagetools as it
-from e2eutil import berth_only, run
+from e2eutil import berth_only, docker_cli, docker_load
 from oidc_issuer import OidcIssuer
 
 pytestmark = berth_only
@@ -153,19 +153,11 @@ def test_docker_login_with_an_id_token_and_the_token_service(make_server, workdi
                                params={"service": "berth", "scope": "repository:other/tool:pull"})
         assert no_rule.status_code == 401
 
-        config = os.path.join(workdir, "docker-config")
-        os.makedirs(config)
-
-        def dk(*args, **kw):
-            return run(["docker", "--config", config, "-H", f"unix://{docker.sock}", *args], **kw)
-
+        dk = docker_cli(docker.sock, workdir)
         src = it.write_image_layout(os.path.join(workdir, "src"), "v1", salt="federation-docker")
-        archive = os.path.join(workdir, "image.tar")
         local = f"berth-e2e/federation-{srv.port}:v1"
-        skopeo.copy(src.ref, f"docker-archive:{archive}:{local}")
-        dk("load", "-i", archive)
         target = f"{srv.host}/org/app:docker"
-        dk("tag", local, target)
+        docker_load(skopeo, dk, src, workdir, local, target)
         # docker login -u <provider> -p "$ID_TOKEN", as a pipeline does it.
         dk("login", "-u", "ci", "--password-stdin", srv.host, input=main.encode())
         dk("push", target, timeout=300)

@@ -93,8 +93,14 @@ pub enum Challenge {
 /// What a request presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     Bearer(String),
+    /// The subject's common name of a client certificate that a configured CA signed
+    /// (`http.tls.clientcas`): the TLS layer has proven it.
+    Certificate(String),
 }
 
 /// Who a request acts for.
@@ -346,7 +352,20 @@ impl Authenticator {
                 Ok(Caller { principal, token: None })
             }
             Some(Credentials::Bearer(token)) => self.check_token(&token).await,
+            Some(Credentials::Certificate(name)) => {
+                Ok(Caller { principal: self.certificate_principal(&name).await?, token: None })
+            }
         }
+    }
+
+    /// The user a client certificate names: an administrator if the database says so.
+    /// A certificate cannot name a robot or a pipeline: those prove themselves otherwise.
+    async fn certificate_principal(&self, name: &str) -> Result<Principal, AuthError> {
+        if name.contains('$') {
+            return Err(AuthError::Unauthenticated(format!("a client certificate cannot name {name:?}")));
+        }
+        let admin = self.meta.user(name).await?.is_some_and(|u| u.admin);
+        Ok(Principal::User { name: name.to_owned(), admin })
     }
 
     /// What `caller` may do with `repository`.
@@ -710,6 +729,7 @@ impl Authenticator {
                 let (principal, stored) = self.check_password(&user, &password, from).await?;
                 (principal, stored.as_ref().map(fingerprint))
             }
+            (None, Some(Credentials::Certificate(name))) => (self.certificate_principal(&name).await?, None),
             (None, Some(Credentials::Bearer(_))) => {
                 return Err(AuthError::Unauthenticated("sign in to the token endpoint with a password".into()))
             }

@@ -77,6 +77,7 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         && external.is_none()
         && ours.ldap.is_none()
         && ours.federation.is_empty()
+        && config.http.tls.as_ref().is_none_or(|t| t.clientcas.is_empty())
     {
         return Ok(None);
     }
@@ -194,14 +195,21 @@ fn edge_options(config: &Config) -> anyhow::Result<EdgeOptions> {
     })
 }
 
+/// `berth.http.clientcertificates`: whether a client CA still lets clients without a
+/// certificate connect.
+fn client_certificate_optional(config: &Config) -> anyhow::Result<bool> {
+    match config.berth.http.clientcertificates.as_str() {
+        "required" => Ok(false),
+        "optional" => Ok(true),
+        other => bail!("invalid `berth.http.clientcertificates` {other:?}: expected required or optional"),
+    }
+}
+
 /// TLS from `http.tls`, if configured.
 fn tls(config: &Config) -> anyhow::Result<Option<berth_http::Tls>> {
     let Some(tls) = &config.http.tls else { return Ok(None) };
     if tls.letsencrypt.is_some() {
         bail!("`http.tls.letsencrypt` is not supported: give `http.tls.certificate` and `http.tls.key`");
-    }
-    if !tls.clientcas.is_empty() {
-        bail!("`http.tls.clientcas` (client certificates) is not supported yet");
     }
     let tls13_only = match tls.minimumtls.as_deref().unwrap_or("tls1.2") {
         "tls1.2" => false,
@@ -215,6 +223,8 @@ fn tls(config: &Config) -> anyhow::Result<Option<berth_http::Tls>> {
         key: tls.key.clone(),
         tls13_only,
         reload_every: config.berth.http.tlsreload,
+        client_cas: tls.clientcas.clone(),
+        client_certificate_optional: client_certificate_optional(config)?,
     };
     Ok(Some(berth_http::Tls::load(settings)?))
 }
@@ -242,7 +252,7 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     if !(addr.ip().is_loopback() || authenticated || allowed) {
         bail!(
             "refusing to listen on {addr} without authentication: anyone who reaches it could push and delete. \
-             Configure authentication (auth.htpasswd, berth.auth.token or berth.auth.ldap), listen on loopback, or pass \
+             Configure authentication (auth.htpasswd, berth.auth.token, berth.auth.ldap or http.tls.clientcas), listen on loopback, or pass \
              --allow-unauthenticated (berth.allowunauthenticated: true) to accept that"
         );
     }

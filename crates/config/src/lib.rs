@@ -480,6 +480,9 @@ pub struct BerthHttp {
     /// How often certificate files are checked for changes.
     #[serde(with = "duration")]
     pub tlsreload: Duration,
+    /// With `http.tls.clientcas`: `required` (registry:2's behaviour: no certificate, no
+    /// connection) or `optional` (a client without one signs in as usual).
+    pub clientcertificates: String,
 }
 
 impl Default for BerthHttp {
@@ -487,6 +490,7 @@ impl Default for BerthHttp {
         BerthHttp {
             bodytimeout: Duration::from_secs(60),
             headertimeout: Duration::from_secs(10),
+            clientcertificates: "required".into(),
             idletimeout: Duration::from_secs(60),
             sendtimeout: Duration::from_secs(60),
             maxheaderbytes: 64 * 1024,

@@ -162,7 +162,7 @@ impl FromRequestParts<App> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, Failure> {
         let auth = app.auth.as_ref().ok_or_else(|| Failure(StatusCode::NOT_FOUND, "NOT_FOUND", "not found".into()))?;
-        let creds = credentials(&parts.headers)?;
+        let creds = credentials(&parts.headers, &parts.extensions)?;
         if matches!(creds, Some(Credentials::Bearer(_))) {
             return Err(AuthError::Unauthenticated("the admin API takes Basic credentials".into()).into());
         }

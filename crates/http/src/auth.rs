@@ -7,6 +7,7 @@
 use crate::edge::{self, ClientIp};
 use crate::error::ApiError;
 use crate::route::Action;
+use crate::server::ClientCertificate;
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +18,13 @@ use berth_proto::{Digest, ErrorCode, RepositoryName};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// The credentials of a request, if it carries any.
-pub(crate) fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, AuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+/// What a request presents: its `Authorization` header, else the client certificate
+/// of its connection (the header wins: a client that sends one means to use it).
+pub(crate) fn credentials(headers: &HeaderMap, extensions: &Extensions) -> Result<Option<Credentials>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let certificate = extensions.get::<ClientCertificate>();
+        return Ok(certificate.map(|c| Credentials::Certificate(c.0.to_string())));
+    };
     let malformed = || AuthError::Unauthenticated("malformed Authorization header".into());
     let value = value.to_str().map_err(|_| malformed())?;
     let (scheme, rest) = value.split_once(' ').ok_or_else(malformed)?;
@@ -63,7 +69,7 @@ const CATALOG: &str = "registry:catalog:*";
 /// Admits a request or answers it: the caller, when it may go on.
 pub(crate) async fn admit(auth: &Authenticator, action: &Action, req: &Parts) -> Result<Caller, Response> {
     let refused = |e: AuthError, wanted: Option<Wanted>| refusal(auth, &req.extensions, e, wanted);
-    let creds = credentials(&req.headers).map_err(|e| refused(e, None))?;
+    let creds = credentials(&req.headers, &req.extensions).map_err(|e| refused(e, None))?;
     let caller = auth.authenticate(creds, client_ip(&req.extensions)).await.map_err(|e| refused(e, None))?;
     let anonymous = caller.principal == Principal::Anonymous;
     match needs(action) {

@@ -30,7 +30,7 @@ use route::{Action, UploadStart};
 use std::sync::Arc;
 
 pub use edge::{log_panics, ClientIp, EdgeOptions};
-pub use server::{serve, ConnectionInfo, ServerLimits};
+pub use server::{serve, ClientCertificate, ConnectionInfo, ServerLimits};
 pub use tls::{Tls, TlsSettings};
 
 #[derive(Clone)]

@@ -111,6 +111,7 @@ pub async fn serve(
             router: router.clone(),
             activity,
             info: ConnectionInfo { peer, tls: tls.is_some() },
+            client: None,
         };
         let tls = tls.clone();
         let handshake_timeout = limits.header_timeout;
@@ -120,7 +121,10 @@ pub async fn serve(
                 // The handshake runs in the connection's own task, so a slow one holds up
                 // nobody else; it gets as long as a request head.
                 Some(tls) => match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(watched)).await {
-                    Ok(Ok(stream)) => connection.run(stream).await,
+                    Ok(Ok(stream)) => {
+                        let subject = crate::tls::client_subject(stream.get_ref().1).map(ClientCertificate);
+                        Connection { client: subject, ..connection }.run(stream).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -140,19 +144,28 @@ struct Connection {
     router: Router,
     activity: Arc<Activity>,
     info: ConnectionInfo,
+    client: Option<ClientCertificate>,
 }
+
+/// In the extensions of every request of a connection whose client presented a
+/// certificate that a configured CA signed: its subject's common name.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<str>);
 
 impl Connection {
     async fn run<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { builder, graceful, router, activity, info } = self;
+        let Connection { builder, graceful, router, activity, info, client } = self;
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let in_flight = InFlight::begin(activity.clone());
             let router = router.clone();
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(info);
+            if let Some(client) = &client {
+                req.extensions_mut().insert(client.clone());
+            }
             async move {
                 let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});
                 Ok::<Response, std::convert::Infallible>(

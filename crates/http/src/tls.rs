@@ -22,6 +22,11 @@ pub struct TlsSettings {
     pub tls13_only: bool,
     /// How often the files are checked for changes.
     pub reload_every: Duration,
+    /// PEM bundles of the CAs whose client certificates are accepted (mTLS); none: no
+    /// client certificates asked for.
+    pub client_cas: Vec<PathBuf>,
+    /// Whether a client may connect without a certificate when `client_cas` are given.
+    pub client_certificate_optional: bool,
 }
 
 /// The TLS side of the listener: a rustls configuration whose certificate follows the
@@ -44,14 +49,48 @@ impl Tls {
         } else {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         };
-        let mut config = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+        let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+        let builder = match client_verifier(&settings, &provider)? {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tokio::spawn(watch(files, provider, resolver, settings.reload_every));
         Ok(Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
     }
+}
+
+/// Verifies client certificates against `client_cas`, if any are configured.
+fn client_verifier(
+    settings: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+    use anyhow::Context;
+    if settings.client_cas.is_empty() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for path in &settings.client_cas {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading client CAs from {}", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+        for cert in certs {
+            roots.add(cert).with_context(|| format!("unusable CA certificate in {}", path.display()))?;
+        }
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = if settings.client_certificate_optional { builder.allow_unauthenticated() } else { builder };
+    Ok(Some(builder.build().context("setting up client certificate verification")?))
+}
+
+/// The common name of the subject of a verified client certificate: the caller's name.
+pub(crate) fn client_subject(connection: &rustls::ServerConnection) -> Option<Arc<str>> {
+    let cert = connection.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let name = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    (!name.is_empty()).then(|| Arc::from(name))
 }
 
 struct CertFiles {

@@ -32,7 +32,7 @@ async fn issue(auth: &Arc<Authenticator>, parts: &Parts, body: Body) -> Result<R
             .map_err(|_| AuthError::BadRequest("the token request form is too large or incomplete".into()))?;
         form_request(&bytes)?
     } else {
-        (query_request(parts.uri.query()), credentials(&parts.headers)?)
+        (query_request(parts.uri.query()), credentials(&parts.headers, &parts.extensions)?)
     };
     let issued = auth.issue(request, creds, client_ip(&parts.extensions)).await?;
     let body = serde_json::to_vec(&issued).expect("a token response serialises");
