@@ -192,18 +192,22 @@ impl Provider {
 }
 
 /// Issuers are reached over HTTPS; plain HTTP only on loopback (a local test issuer).
-fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
-    let loopback = match parsed.host() {
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        _ => Err(format!("{url:?}: an identity provider is reached over https (http only on loopback)")),
+    }
+}
+
+/// Whether `url` names this machine: 127.0.0.0/8, ::1 or localhost.
+pub(crate) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
-    };
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(format!("{url:?}: an identity provider is reached over https (http only on loopback)")),
     }
 }
 

@@ -11,12 +11,14 @@ mod federation;
 mod htpasswd;
 mod ldap;
 mod limiter;
+mod oidc;
 mod password;
 pub mod scope;
 mod tokens;
 
 pub use federation::{FederationRule, FederationSettings};
 pub use ldap::{DirectoryUser, LdapDirectory, LdapError, LdapSettings};
+pub use oidc::{is_loopback_redirect, OidcCredential, OidcSettings, OidcStart};
 pub use password::{hash_argon2, StoredHash};
 pub use scope::{Actions, Resource, Scope};
 pub use tokens::{AccessEntry, Claims};
@@ -56,6 +58,8 @@ pub struct AuthSettings {
     pub ldap: Option<LdapSettings>,
     /// `berth.auth.federation`: CI systems whose OIDC ID tokens sign pipelines in.
     pub federation: Vec<FederationSettings>,
+    /// `berth.auth.oidc`: people sign in through an OpenID Connect provider.
+    pub oidc: Option<OidcSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +212,7 @@ pub struct Authenticator {
     directory: Option<LdapDirectory>,
     /// The CI identity providers, by the user name pipelines sign in with.
     federation: std::collections::HashMap<String, federation::Provider>,
+    oidc: Option<oidc::SignIn>,
     limiter: limiter::LoginLimiter,
     /// Passwords verified recently, keyed by a keyed hash of user, stored hash and
     /// password: a wrong password, or one whose stored hash changed, misses.
@@ -284,6 +289,13 @@ impl Authenticator {
                 anyhow::bail!("`berth.auth.federation`: two providers are named {:?}", provider.name);
             }
         }
+        let oidc = match &settings.oidc {
+            Some(_) if tokens.is_none() => {
+                anyhow::bail!("`berth.auth.oidc` needs the token service (`berth.auth.token.enabled: true`): it signs the sign-in state and the registry passwords")
+            }
+            Some(o) => Some(oidc::SignIn::new(o.clone()).map_err(|e| anyhow::anyhow!("`berth.auth.oidc`: {e}"))?),
+            None => None,
+        };
         let challenge = match (&settings.token, &settings.external, &settings.htpasswd) {
             (Some(t), _, _) => Challenge::Bearer { realm: t.realm.clone(), service: t.service.clone() },
             (None, Some(e), _) => Challenge::Bearer { realm: Some(e.realm.clone()), service: e.service.clone() },
@@ -313,6 +325,7 @@ impl Authenticator {
             external,
             directory,
             federation,
+            oidc,
             verified: quick_cache::sync::Cache::new(10_000),
             verified_tokens: quick_cache::sync::Cache::new(10_000),
             cache_key,
@@ -537,23 +550,33 @@ impl Authenticator {
     /// password changed or an account disabled in the directory takes effect here only
     /// once `berth.auth.credentialcache` has passed.
     ///
-    /// Returns the principal and the stored hash the password matched (`None` for a
-    /// directory user).
+    /// A registry password from an OIDC sign-in (a refresh token of the user's) is
+    /// checked as a refresh token.
+    ///
+    /// Returns the principal and the fingerprint refresh tokens issued for it carry
+    /// (`None` for a directory user: nothing here would end them with the account).
     async fn check_password(
         &self,
         user: &str,
         password: &str,
         from: IpAddr,
-    ) -> Result<(Principal, Option<StoredHash>), AuthError> {
+    ) -> Result<(Principal, Option<String>), AuthError> {
         let too_many = |retry_after| AuthError::TooManyAttempts { retry_after };
         if let Some(provider) = self.federation.get(user) {
             return Ok((self.check_workload(provider, password, from).await?, None));
         }
         self.limiter.check(user, from).map_err(too_many)?;
+        if let (Some(keys), true) = (&self.tokens, looks_like_jwt(password)) {
+            return match self.check_refresh(keys, password).await {
+                Ok((principal, fingerprint)) if principal.name() == user => Ok((principal, fingerprint)),
+                Ok(_) | Err(AuthError::Unauthenticated(_)) => Err(self.refuse(user, from).await?),
+                Err(e) => Err(e),
+            };
+        }
         let (name, verified) = match self.stored_credential(user).await? {
             Some((hash, admin)) => {
                 let ok = self.verify_cached(user, &hash, password).await?;
-                (user.to_owned(), ok.then_some((admin, Some(hash))))
+                (user.to_owned(), ok.then(|| (admin, Some(fingerprint(hash.as_str())))))
             }
             None => match self.directory_name(user).await? {
                 Some((directory, name)) => {
@@ -567,15 +590,18 @@ impl Authenticator {
             },
         };
         match verified {
-            Some((admin, hash)) => Ok((Principal::User { name, admin }, hash)),
-            None => {
-                self.limiter.failed(&name, from);
-                // The audit log and the log stream both get it; the password never.
-                let actor = Actor::new(name.clone(), from.to_string());
-                self.meta.audit_refusal(&actor, "auth.failure", &name, None).await?;
-                Err(AuthError::Unauthenticated("invalid username or password".into()))
-            }
+            Some((admin, fingerprint)) => Ok((Principal::User { name, admin }, fingerprint)),
+            None => Err(self.refuse(&name, from).await?),
         }
+    }
+
+    /// Counts and audits a failed sign-in; the refusal to answer with.
+    async fn refuse(&self, name: &str, from: IpAddr) -> Result<AuthError, AuthError> {
+        self.limiter.failed(name, from);
+        // The audit log and the log stream both get it; the password never.
+        let actor = Actor::new(name, from.to_string());
+        self.meta.audit_refusal(&actor, "auth.failure", name, None).await?;
+        Ok(AuthError::Unauthenticated("invalid username or password".into()))
     }
 
     /// The workload an ID token proves. Failures count against the address (and the
@@ -669,6 +695,18 @@ impl Authenticator {
             .and_then(|r| Some((StoredHash::recognise(r.password_hash.as_deref()?)?, r.admin))))
     }
 
+    /// What a user's refresh tokens are tied to: the stored hash of their password, or
+    /// the stamp of a person who signs in through the OIDC provider. `None` for an
+    /// expired robot and a user who is gone.
+    async fn stamp(&self, user: &str) -> Result<Option<String>, AuthError> {
+        if let Some(hash) = self.htpasswd.as_ref().and_then(|h| h.lookup(user)) {
+            return Ok(Some(hash.as_str().to_owned()));
+        }
+        let now = berth_metadata::now_millis();
+        let record = self.meta.user(user).await?;
+        Ok(record.filter(|r| r.expires_at.is_none_or(|at| at > now)).and_then(|r| r.password_hash))
+    }
+
     async fn verify_cached(&self, user: &str, stored: &StoredHash, password: &str) -> Result<bool, AuthError> {
         let key = self.credential_key(user, stored.as_str(), password);
         if self.remembered(&key) {
@@ -726,8 +764,7 @@ impl Authenticator {
             (None, Some(Credentials::Basic { user, password })) => {
                 // A directory user has no stored hash to tie a refresh token to, and so
                 // gets none: it would outlive their directory account.
-                let (principal, stored) = self.check_password(&user, &password, from).await?;
-                (principal, stored.as_ref().map(fingerprint))
+                self.check_password(&user, &password, from).await?
             }
             (None, Some(Credentials::Certificate(name))) => (self.certificate_principal(&name).await?, None),
             (None, Some(Credentials::Bearer(_))) => {
@@ -766,14 +803,7 @@ impl Authenticator {
         };
         let token = keys.sign(&claims);
         let refresh_token = match (request.offline, &principal, fingerprint) {
-            (true, Principal::User { name, .. }, Some(fp)) => Some(keys.sign(&Claims {
-                sub: name.clone(),
-                exp: now + settings.refresh_expiration.as_secs(),
-                jti: uuid::Uuid::new_v4().to_string(),
-                access: Vec::new(),
-                refresh: Some(fp),
-                ..claims.clone()
-            })),
+            (true, Principal::User { name, .. }, Some(fp)) => Some(refresh_token(keys, settings, name, fp, now)),
             _ => None,
         };
         Ok(IssuedToken {
@@ -786,14 +816,14 @@ impl Authenticator {
         })
     }
 
-    /// The principal of a refresh token, if it is valid and the password it was issued
-    /// for has not changed since.
+    /// The principal of a refresh token, if it is valid and the password (or OIDC
+    /// stamp) it was issued for has not changed since.
     async fn check_refresh(&self, keys: &TokenKeys, token: &str) -> Result<(Principal, Option<String>), AuthError> {
         let claims = keys.verify(token).await?;
         let Some(fingerprint) = claims.refresh else {
             return Err(AuthError::Unauthenticated("an access token is not a refresh token".into()));
         };
-        let current = self.stored_credential(&claims.sub).await?.map(|(hash, _)| self::fingerprint(&hash));
+        let current = self.stamp(&claims.sub).await?.map(|stamp| self::fingerprint(&stamp));
         if current.as_deref() != Some(fingerprint.as_str()) {
             return Err(AuthError::Unauthenticated("the refresh token was revoked (the password changed)".into()));
         }
@@ -802,10 +832,31 @@ impl Authenticator {
     }
 }
 
-/// A one-way fingerprint of a user's stored hash (not of the password): equal as long
-/// as the password is unchanged.
-fn fingerprint(stored: &StoredHash) -> String {
-    let digest = Sha256::digest(format!("berth-refresh\0{}", stored.as_str()).as_bytes());
+/// A refresh token of `name`'s, tied to the fingerprint `fp` of their password or stamp.
+fn refresh_token(keys: &TokenKeys, settings: &TokenSettings, name: &str, fp: String, now: u64) -> String {
+    keys.sign(&Claims {
+        iss: keys.issuer().to_owned(),
+        sub: name.to_owned(),
+        aud: keys.audience().to_owned(),
+        exp: now + settings.refresh_expiration.as_secs(),
+        nbf: now,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        access: Vec::new(),
+        refresh: Some(fp),
+    })
+}
+
+/// Whether a password is shaped like a JWT (a registry password from an OIDC sign-in):
+/// three base64url parts, the first a JSON object. No password hash is tried on it.
+fn looks_like_jwt(password: &str) -> bool {
+    password.starts_with("eyJ") && password.split('.').count() == 3
+}
+
+/// A one-way fingerprint of a user's stored hash or OIDC stamp (not of the password):
+/// equal as long as the password is unchanged.
+fn fingerprint(stored: &str) -> String {
+    let digest = Sha256::digest(format!("berth-refresh\0{stored}").as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 

@@ -146,7 +146,7 @@ impl TokenKeys {
         Ok(kid)
     }
 
-    pub fn sign(&self, claims: &Claims) -> String {
+    pub fn sign<T: Serialize>(&self, claims: &T) -> String {
         let keys = self.keys.load();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(keys.signing.0.clone());
@@ -157,6 +157,18 @@ impl TokenKeys {
     /// The claims of a token this service signed, if its signature, issuer, audience and
     /// times hold.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_for(token, &self.audience, &["exp", "nbf", "iss", "aud", "sub"]).await
+    }
+
+    /// The claims of a token this service signed for `audience`: access and refresh
+    /// tokens are for the service, other things it signs for audiences of their own, so
+    /// that none can pass for another.
+    pub async fn verify_for<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        required: &[&str],
+    ) -> Result<T, TokenError> {
         let header = header(token)?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
@@ -166,7 +178,7 @@ impl TokenKeys {
             Some(k) => k.clone(),
             None => self.reload_for(&kid).await?,
         };
-        validate(token, &key, Algorithm::ES256, &self.issuer, &self.audience, &["exp", "nbf", "iss", "aud", "sub"])
+        validate(token, &key, Algorithm::ES256, &self.issuer, audience, required)
     }
 
     async fn reload_for(&self, kid: &str) -> Result<DecodingKey, TokenError> {

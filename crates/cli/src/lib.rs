@@ -5,9 +5,10 @@ use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
 use berth_auth::{
     Actions, AuthSettings, Authenticator, ExternalTokenSettings, FederationRule, FederationSettings, LdapSettings,
-    TokenSettings,
+    OidcSettings, TokenSettings,
 };
 pub use berth_config as config;
+pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
@@ -77,6 +78,7 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         && external.is_none()
         && ours.ldap.is_none()
         && ours.federation.is_empty()
+        && ours.oidc.is_none()
         && config.http.tls.as_ref().is_none_or(|t| t.clientcas.is_empty())
     {
         return Ok(None);
@@ -121,6 +123,17 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
             timeout: l.timeout,
         }),
         federation: ours.federation.iter().map(federation_settings).collect::<anyhow::Result<_>>()?,
+        oidc: ours.oidc.as_ref().map(|o| OidcSettings {
+            issuer: o.issuer.clone(),
+            client_id: o.clientid.clone(),
+            client_secret: o.clientsecret.as_ref().map(|s| s.0.clone()),
+            redirect_url: o.redirecturl.clone(),
+            cli_client_id: o.cliclientid.clone(),
+            scopes: o.scopes.clone(),
+            username_claim: o.usernameclaim.clone(),
+            groups_claim: o.groupsclaim.clone(),
+            timeout: o.timeout,
+        }),
         namespace_depth: match ours.namespacedepth {
             d @ 1..=4 => d,
             d => bail!("`berth.auth.namespacedepth` must be 1 to 4, not {d}"),

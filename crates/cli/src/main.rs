@@ -27,6 +27,15 @@ enum Command {
         #[arg(long)]
         allow_unauthenticated: bool,
     },
+    /// Sign in to a registry through its OpenID Connect provider (a browser opens) and
+    /// print a registry password on stdout, for `docker login --password-stdin`.
+    Login {
+        /// The registry's base URL (https://registry.example.com).
+        registry: String,
+        /// Only print the sign-in URL; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Check a configuration and print the effective settings, then exit.
     CheckConfig {
         /// Path of a YAML configuration file.
@@ -71,6 +80,20 @@ fn main() -> anyhow::Result<()> {
                 .max_blocking_threads(128)
                 .build()?
                 .block_on(berth::serve(config, allow_unauthenticated))
+        }
+        Command::Login { registry, no_browser } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let credential = runtime.block_on(berth::login::login(&registry, !no_browser))?;
+            eprintln!(
+                "Signed in as {}; the registry password below is good for {} days. Use it with:\n    \
+                 docker login {} -u {} --password-stdin",
+                credential.username,
+                credential.expires_in / 86_400,
+                registry.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/'),
+                credential.username,
+            );
+            println!("{}", credential.password);
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;

@@ -267,6 +267,8 @@ pub struct BerthAuth {
     /// CI systems whose OIDC ID tokens sign pipelines in (`docker login -u <name> -p
     /// "$ID_TOKEN"`), with the rules that say what each pipeline may do.
     pub federation: Vec<Federation>,
+    /// People sign in through an OpenID Connect provider (browser flow and `berth login`).
+    pub oidc: Option<Oidc>,
 }
 
 impl Default for BerthAuth {
@@ -280,6 +282,7 @@ impl Default for BerthAuth {
             namespacedepth: 1,
             ldap: None,
             federation: Vec::new(),
+            oidc: None,
         }
     }
 }
@@ -420,6 +423,45 @@ pub struct FederationGrant {
 
 fn default_federation_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// `berth.auth.oidc`: an OpenID Connect provider people sign in through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// The provider, exactly as its ID tokens' `iss` claim says it.
+    pub issuer: String,
+    /// The registry's client at the provider, for the browser flow.
+    pub clientid: String,
+    pub clientsecret: Option<Secret>,
+    /// Where the provider sends browsers back (registered at the provider); default:
+    /// `/auth/oidc/callback` on the host the browser used.
+    pub redirecturl: Option<String>,
+    /// A public client for `berth login` (loopback redirects); default: `clientid`.
+    pub cliclientid: Option<String>,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim that names the user.
+    #[serde(default = "default_oidc_username_claim")]
+    pub usernameclaim: String,
+    /// The claim listing the user's groups, mirrored onto teams.
+    #[serde(default = "default_oidc_groups_claim")]
+    pub groupsclaim: String,
+    /// The bound on each request to the provider.
+    #[serde(with = "duration", default = "default_federation_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "profile", "email"].map(String::from).to_vec()
+}
+
+fn default_oidc_username_claim() -> String {
+    "preferred_username".into()
+}
+
+fn default_oidc_groups_claim() -> String {
+    "groups".into()
 }
 
 /// A password in the configuration: its `Debug` form (logs, `check-config`) hides it.

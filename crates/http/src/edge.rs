@@ -173,6 +173,11 @@ pub(crate) fn absolute_url(extensions: &Extensions, path: &str) -> Option<String
     Some(format!("{}://{host}{path}", origin.scheme))
 }
 
+/// Whether the client reached us over HTTPS (itself or through a trusted proxy).
+pub(crate) fn is_https(extensions: &Extensions) -> bool {
+    extensions.get::<Origin>().is_some_and(|o| o.scheme == "https")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

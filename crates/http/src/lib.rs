@@ -10,6 +10,7 @@ mod blobs;
 mod edge;
 mod error;
 mod manifests;
+mod oidc;
 mod request;
 mod route;
 mod server;
@@ -53,6 +54,9 @@ pub fn router(registry: Arc<Registry>, options: EdgeOptions, auth: Option<Arc<Au
     if app.auth.as_ref().is_some_and(|a| a.issues_tokens()) {
         routes =
             routes.route("/auth/token", get(token::token).post(token::token)).route("/auth/jwks", get(token::jwks));
+    }
+    if app.auth.as_ref().is_some_and(|a| a.oidc_enabled()) {
+        routes = routes.merge(oidc::routes());
     }
     edge::wrap(routes.fallback(dispatch).with_state(app.clone()), app.options)
 }

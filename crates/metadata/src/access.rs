@@ -8,6 +8,11 @@ use sqlx::Row;
 /// Robot accounts' names start with this, so no person can take one's name.
 pub const ROBOT_PREFIX: &str = "robot$";
 
+/// Begins the stored "hash" of a person who signs in through an OIDC provider: a
+/// random stamp, not a password's hash, so no password ever matches it. Refresh tokens
+/// are tied to it, so replacing it (or deleting the user) ends every credential issued.
+pub const OIDC_STAMP_PREFIX: &str = "oidc$";
+
 /// A user whose password (if any) is kept in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -98,6 +103,36 @@ impl MetadataStore {
         tx.audit(actor, Record::ok(action, &user.name).with(detail.to_string())).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The stamp of a person who signed in through an OIDC provider: their row is made
+    /// with `stamp` if there is none, a row without a password (one an administrator
+    /// made to make them an admin beforehand) takes it, and a row with a stamp keeps
+    /// its own, so their other machines stay signed in. `None` if the name belongs to a
+    /// user with a password here: a provider must not take over a local account.
+    pub async fn oidc_user(&self, name: &str, stamp: &str, actor: &Actor) -> Result<Option<String>> {
+        let mut tx = self.begin().await?;
+        let taken = sqlx::query(
+            "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash \
+             WHERE users.password_hash IS NULL",
+        )
+        .bind(name)
+        .bind(stamp)
+        .bind(now_millis())
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if taken > 0 {
+            tx.audit(actor, Record::ok("user.oidc", name)).await?;
+            tx.commit().await?;
+            return Ok(Some(stamp.to_owned()));
+        }
+        let row =
+            sqlx::query("SELECT password_hash FROM users WHERE name = $1").bind(name).fetch_one(tx.conn()).await?;
+        tx.rollback().await?;
+        let existing: Option<String> = row.try_get(0)?;
+        Ok(existing.filter(|h| h.starts_with(OIDC_STAMP_PREFIX)))
     }
 
     /// Replaces a user's password hash; `false` if there is no such user.

@@ -12,7 +12,7 @@ mod directory;
 mod namespaces;
 mod store;
 
-pub use access::{SigningKey, UserRecord, ROBOT_PREFIX};
+pub use access::{SigningKey, UserRecord, OIDC_STAMP_PREFIX, ROBOT_PREFIX};
 pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use namespaces::{Member, MemberKind, NameRange, Namespace, NamespaceVisibility, Role, Standing};
 pub use store::*;

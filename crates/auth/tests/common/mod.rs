@@ -25,5 +25,6 @@ pub fn settings() -> AuthSettings {
         namespace_depth: 1,
         ldap: None,
         federation: Vec::new(),
+        oidc: None,
     }
 }
