@@ -67,7 +67,7 @@ const MIN_PASSWORD: usize = 8;
 
 /// User and team names: what htpasswd, LDAP and OIDC names commonly look like, and
 /// nothing that could be confused with a robot (`$`) or a path.
-pub(crate) fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 128

@@ -8,6 +8,7 @@ use berth_auth::{
     OidcSettings, TokenSettings,
 };
 pub use berth_config as config;
+pub mod admin;
 pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};

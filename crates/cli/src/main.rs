@@ -36,6 +36,9 @@ enum Command {
         #[arg(long)]
         no_browser: bool,
     },
+    /// Manage users, robots, teams, namespaces and roles, and read the audit log, through
+    /// the admin API; `bootstrap` creates an administrator on the host.
+    Admin(berth::admin::Admin),
     /// Check a configuration and print the effective settings, then exit.
     CheckConfig {
         /// Path of a YAML configuration file.
@@ -94,6 +97,9 @@ fn main() -> anyhow::Result<()> {
             );
             println!("{}", credential.password);
             Ok(())
+        }
+        Command::Admin(admin) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(berth::admin::run(admin))
         }
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
