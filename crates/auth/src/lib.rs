@@ -7,6 +7,7 @@
 //! repository. Nothing here knows HTTP.
 
 pub mod admin;
+mod certbundle;
 mod federation;
 mod htpasswd;
 mod ldap;
@@ -78,7 +79,9 @@ pub struct ExternalTokenSettings {
     pub service: String,
     pub issuer: String,
     /// A JWKS file with the token server's public keys.
-    pub jwks: PathBuf,
+    pub jwks: Option<PathBuf>,
+    /// A PEM bundle of the token server's certificates (`rootcertbundle`).
+    pub root_certificates: Option<PathBuf>,
 }
 
 /// How clients are told to authenticate.
@@ -264,8 +267,13 @@ impl Authenticator {
         };
         let external = match &settings.external {
             Some(e) => Some(
-                tokens::IssuerKeys::load(&e.jwks, e.issuer.clone(), e.service.clone())
-                    .context("loading the token server's keys (`auth.token.jwks`)")?,
+                tokens::IssuerKeys::load(
+                    e.jwks.as_deref(),
+                    e.root_certificates.as_deref(),
+                    e.issuer.clone(),
+                    e.service.clone(),
+                )
+                .map_err(|m| anyhow::anyhow!("loading the token server's keys (`auth.token`): {m}"))?,
             ),
             None => None,
         };

@@ -216,16 +216,38 @@ fn validate<T: DeserializeOwned>(
 /// verified here, never issued.
 pub struct IssuerKeys {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// `rootcertbundle`: roots of the chains tokens carry in `x5c`.
+    roots: Option<crate::certbundle::RootBundle>,
     issuer: String,
     audience: String,
 }
 
 impl IssuerKeys {
-    /// Reads a JWKS file.
-    pub fn load(path: &std::path::Path, issuer: String, audience: String) -> Result<IssuerKeys, TokenError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| TokenError::Invalid(format!("{}: {e}", path.display())))?;
-        IssuerKeys::parse(&text, issuer, audience).map_err(|e| TokenError::Invalid(format!("{}: {e}", path.display())))
+    /// An external token server's keys, from registry:2's `auth.token`: a JWKS file
+    /// and/or a PEM bundle of its certificates (`rootcertbundle`).
+    pub fn load(
+        jwks: Option<&std::path::Path>,
+        bundle: Option<&std::path::Path>,
+        issuer: String,
+        audience: String,
+    ) -> Result<IssuerKeys, String> {
+        let mut keys = match jwks {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                IssuerKeys::parse(&text, issuer.clone(), audience.clone())
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => IssuerKeys { keys: HashMap::new(), roots: None, issuer, audience },
+        };
+        if let Some(path) = bundle {
+            let (roots, certified) = crate::certbundle::load(path)?;
+            keys.keys.extend(certified.into_iter().map(|(kid, key, algorithm)| (kid, (key, algorithm))));
+            keys.roots = Some(roots);
+        }
+        if keys.keys.is_empty() {
+            return Err("no keys".into());
+        }
+        Ok(keys)
     }
 
     /// Reads a JWKS document. Each key needs a key id and an asymmetric type; its
@@ -258,7 +280,7 @@ impl IssuerKeys {
         if keys.is_empty() {
             return Err("no keys".into());
         }
-        Ok(IssuerKeys { keys, issuer, audience })
+        Ok(IssuerKeys { keys, roots: None, issuer, audience })
     }
 
     pub fn has_key(&self, kid: &str) -> bool {
@@ -274,9 +296,19 @@ impl IssuerKeys {
     /// for, if issuer, audience, times and the `required` claims hold.
     pub fn verify_claims<T: DeserializeOwned>(&self, token: &str, required: &[&str]) -> Result<T, TokenError> {
         let header = header(token)?;
-        let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
-        let (key, algorithm) =
-            self.keys.get(&kid).ok_or_else(|| TokenError::Invalid(format!("unknown key id {kid:?}")))?;
+        let chained;
+        let (key, algorithm) = match (&self.roots, &header.x5c) {
+            (Some(roots), Some(chain)) => {
+                chained = roots.chain_key(chain).map_err(TokenError::Invalid)?;
+                (&chained.0, &chained.1)
+            }
+            _ => {
+                let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
+                let (key, algorithm) =
+                    self.keys.get(&kid).ok_or_else(|| TokenError::Invalid(format!("unknown key id {kid:?}")))?;
+                (key, algorithm)
+            }
+        };
         if header.alg != *algorithm {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not the key's", header.alg)));
         }

@@ -62,14 +62,15 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
             bail!("`auth.token` (an external token server) and `berth.auth.token` (Berth's own) exclude each other")
         }
         Some(t) => {
-            let Some(jwks) = &t.jwks else {
-                bail!("`auth.token` needs `jwks` (the token server's public keys); `rootcertbundle` alone is not supported yet")
-            };
+            if t.jwks.is_none() && t.rootcertbundle.is_none() {
+                bail!("`auth.token` needs `rootcertbundle` and/or `jwks`: the token server's certificates or keys")
+            }
             Some(ExternalTokenSettings {
                 realm: t.realm.clone(),
                 service: t.service.clone(),
                 issuer: t.issuer.clone(),
-                jwks: jwks.clone(),
+                jwks: t.jwks.clone(),
+                root_certificates: t.rootcertbundle.clone(),
             })
         }
         None => None,
