@@ -269,7 +269,8 @@ async fn tokens_of_an_external_token_server_are_verified_by_its_jwks() {
             realm: "https://auth.example.com/token".into(),
             service: "registry.example.com".into(),
             issuer: "auth.example.com".into(),
-            jwks,
+            jwks: Some(jwks),
+            root_certificates: None,
         }),
         ..settings()
     };
