@@ -773,6 +773,21 @@ mod tests {
     }
 
     #[test]
+    fn oidc_from_the_file_with_its_secret_from_the_environment() {
+        let c = load_file(
+            "berth:\n  auth:\n    oidc:\n      issuer: https://sso.example.com\n      clientid: berth\n",
+            &[("REGISTRY_BERTH_AUTH_OIDC_CLIENTSECRET", "s3cret")],
+        );
+        let oidc = c.berth.auth.oidc.expect("oidc configured");
+        assert_eq!((oidc.issuer.as_str(), oidc.clientid.as_str()), ("https://sso.example.com", "berth"));
+        assert_eq!(oidc.clientsecret, Some(Secret("s3cret".into())));
+        assert_eq!(oidc.scopes, ["openid", "profile", "email"]);
+        assert_eq!((oidc.usernameclaim.as_str(), oidc.groupsclaim.as_str()), ("preferred_username", "groups"));
+        assert_eq!(oidc.cliclientid, None);
+        assert!(!format!("{oidc:?}").contains("s3cret"), "the secret is redacted in Debug");
+    }
+
+    #[test]
     fn ldap_from_the_file_and_from_the_environment() {
         let c = load_file(
             "berth:\n  auth:\n    ldap:\n      url: ldaps://dc.example.org\n      cafile: /etc/berth/ad-ca.pem\n      binddn: CN=berth,OU=Service,DC=example,DC=org\n      bindpassword: reader-secret\n      basedn: DC=example,DC=org\n      userfilter: (sAMAccountName={username})\n      groupbasedn: OU=Groups,DC=example,DC=org\n      timeout: 2s\n",
