@@ -301,6 +301,18 @@ def docker_cli(sock: str, workdir: str):
     return dk
 
 
+def docker_round_trip(dk, layout, local: str, target: str) -> str:
+    """Pushes `target` (loaded with docker_load, the client signed in), removes it and `local`,
+    pulls it back, checks its layers are the layout's, removes it again; the push's output."""
+    out = dk("push", target, timeout=300).stdout.decode()
+    dk("rmi", target, local)
+    dk("pull", target, timeout=300)
+    info = json.loads(dk("image", "inspect", target).stdout)[0]
+    assert info["RootFS"]["Layers"] == layout.images[0].diff_ids
+    dk("rmi", target)
+    return out
+
+
 def docker_load(skopeo, dk, layout, workdir: str, local: str, target: str) -> None:
     """Loads an OCI layout into dockerd as `local` (through a docker-archive) and tags it `target`."""
     archive = os.path.join(workdir, "image.tar")

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import imagetools as it
-from e2eutil import berth_only, docker_cli, docker_load
+from e2eutil import berth_only, docker_cli, docker_load, docker_round_trip
 from oidc_issuer import OidcIssuer
 
 pytestmark = berth_only
@@ -160,12 +160,7 @@ def test_docker_login_with_an_id_token_and_the_token_service(make_server, workdi
         docker_load(skopeo, dk, src, workdir, local, target)
         # docker login -u <provider> -p "$ID_TOKEN", as a pipeline does it.
         dk("login", "-u", "ci", "--password-stdin", srv.host, input=main.encode())
-        dk("push", target, timeout=300)
-        dk("rmi", target, local)
-        dk("pull", target, timeout=300)
-        info = json.loads(dk("image", "inspect", target).stdout)[0]
-        assert info["RootFS"]["Layers"] == src.images[0].diff_ids
-        dk("rmi", target)
+        docker_round_trip(dk, src, local, target)
         refused = dk("login", "-u", "ci", "--password-stdin", srv.host,
                      input=id_token(issuer, OTHER).encode(), check=False)
         assert refused.returncode != 0

@@ -4,7 +4,6 @@ loopback redirect, RFC 8252) both end with a registry password that docker, skop
 token endpoint accept; the person's groups become their mirrored teams; a replayed code, a
 foreign state, a missing sign-in cookie and a provider that would take over a local account
 are refused; deleting the user ends the password; nothing secret is logged."""
-import json
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 import imagetools as it
-from e2eutil import BERTH_BIN, berth_only, docker_cli, docker_load, free_port, stop_process
+from e2eutil import BERTH_BIN, berth_only, docker_cli, docker_load, docker_round_trip, free_port, stop_process
 from oidc_issuer import OidcIssuer, sign_in
 
 pytestmark = berth_only
@@ -199,10 +198,5 @@ def test_berth_login_gets_a_password_for_docker(oidc_registry, workdir, skopeo, 
     local, target = f"berth-e2e/oidc-{srv.port}:v1", f"{srv.host}/team/cli:v1"
     docker_load(skopeo, dk, src, workdir, local, target)
     dk("login", "-u", "alice", "--password-stdin", srv.host, input=password.encode())
-    dk("push", target, timeout=300)
-    dk("rmi", target, local)
-    dk("pull", target, timeout=300)
-    info = json.loads(dk("image", "inspect", target).stdout)[0]
-    assert info["RootFS"]["Layers"] == src.images[0].diff_ids
-    dk("rmi", target)
+    docker_round_trip(dk, src, local, target)
     assert password not in open(srv.log_path, "rb").read().decode(errors="replace")
