@@ -12,12 +12,16 @@ const ROOT: (&str, &str) = ("root", "root-password");
 /// A server with authentication on (an htpasswd file with `outsider`), a bootstrap
 /// administrator, and signed-in callers allowed to pull repositories in no namespace.
 async fn server() -> (tempfile::TempDir, Server) {
+    server_with(&[]).await
+}
+
+async fn server_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("htpasswd");
     let entry = bcrypt::hash("outsider-pw", 4).unwrap();
     std::fs::write(&path, format!("outsider:{entry}\n")).unwrap();
     let path = path.display().to_string();
-    let s = Server::with_env(&[
+    let env = [
         ("REGISTRY_AUTH", "htpasswd"),
         ("REGISTRY_AUTH_HTPASSWD_REALM", "berth"),
         ("REGISTRY_AUTH_HTPASSWD_PATH", &path),
@@ -26,8 +30,11 @@ async fn server() -> (tempfile::TempDir, Server) {
         ("REGISTRY_BERTH_AUTH_ADMIN_PASSWORD", ROOT.1),
         ("REGISTRY_BERTH_AUTH_DEFAULTACCESS_AUTHENTICATED", "pull"),
         ("REGISTRY_BERTH_AUTH_LOGINLIMIT_FAILURES", "0"),
-    ])
-    .await;
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect::<Vec<_>>();
+    let s = Server::with_env(&env).await;
     (dir, s)
 }
 
@@ -60,9 +67,64 @@ const PULL: May = May(true, false, false);
 const PUSH: May = May(true, true, false);
 const ALL: May = May(true, true, true);
 
+/// How the matrix's callers present themselves.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Presenting {
+    /// Basic credentials on every request.
+    Password,
+    /// A token of the token service, asked for every repository and the catalog.
+    Token,
+}
+
+/// The repositories a matrix token asks for, with everything.
+const MATRIX_SCOPES: &[&str] = &[
+    "repository:team/app:pull,push,delete",
+    "repository:pub/lib:pull,push,delete",
+    "repository:other/x:pull,push,delete",
+    "repository:loose:pull,push,delete",
+    "repository:team/new:pull,push",
+    "registry:catalog:*",
+];
+
+/// A caller presenting `credentials` (none: anonymous) the matrix's way. With tokens,
+/// credentials the token service refuses stay Basic, so that the refusal is seen.
+async fn matrix_caller(s: &Server, presenting: Presenting, credentials: Option<(&str, &str)>) -> Server {
+    if presenting == Presenting::Password {
+        return match credentials {
+            Some((user, password)) => as_user(s, user, password),
+            None => Server::on_same(s),
+        };
+    }
+    let query: String = MATRIX_SCOPES.iter().map(|sc| format!("&scope={sc}")).collect();
+    let asking = match credentials {
+        Some((user, password)) => as_user(s, user, password),
+        None => Server::on_same(s),
+    };
+    let r = asking.get(&format!("/auth/token?service=berth{query}")).await;
+    if r.status == 401 {
+        return asking;
+    }
+    let token = r.status(200).json()["token"].as_str().unwrap().to_owned();
+    Server::as_caller(s, &format!("Bearer {token}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_follows_roles_teams_robots_and_defaults() {
-    let (_dir, s) = server().await;
+    permission_matrix(Presenting::Password).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_follows_roles_teams_robots_and_defaults_with_tokens() {
+    permission_matrix(Presenting::Token).await;
+}
+
+/// For every endpoint and every kind of caller, the expected allow or deny; then the
+/// catalog's filtering and mounts across namespaces.
+async fn permission_matrix(presenting: Presenting) {
+    let (_dir, s) = match presenting {
+        Presenting::Password => server().await,
+        Presenting::Token => server_with(&[("REGISTRY_BERTH_AUTH_TOKEN_ENABLED", "true")]).await,
+    };
     let root = as_user(&s, ROOT.0, ROOT.1);
     for (ns, public) in [("team", false), ("pub", true), ("other", false)] {
         admin_ok(&root, Method::POST, "/api/v1/namespaces", Some(json!({ "name": ns, "public": public }))).await;
@@ -92,25 +154,29 @@ async fn every_endpoint_follows_roles_teams_robots_and_defaults() {
         digests.insert(repo, root.push_image(repo, "v1", repo).await.digest);
     }
     // The short-lived robot expires: wait for that condition, not for a time.
-    let expired = as_user(&s, "robot$short", short["secret"].as_str().unwrap());
+    let short_secret = short["secret"].as_str().unwrap().to_owned();
+    let probe = as_user(&s, "robot$short", &short_secret);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while expired.get("/v2/pub/lib/tags/list").await.status != 401 {
+    while probe.get("/v2/pub/lib/tags/list").await.status != 401 {
         assert!(Instant::now() < deadline, "the robot never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let callers: Vec<(&str, Server)> = vec![
-        ("anonymous", Server::on_same(&s)),
-        ("outsider", as_user(&s, "outsider", "outsider-pw")),
-        ("reader1", as_user(&s, "reader1", "reader1-password")),
-        ("dev1", as_user(&s, "dev1", "dev1-password")),
-        ("teamdev", as_user(&s, "teamdev", "teamdev-password")),
-        ("maint1", as_user(&s, "maint1", "maint1-password")),
-        ("nsadmin1", as_user(&s, "nsadmin1", "nsadmin1-password")),
-        ("root", root.clone_handle()),
-        ("robot", as_user(&s, "robot$ci", &robot_secret)),
-        ("expired robot", expired),
-    ];
+    let mut callers: Vec<(&str, Server)> = Vec::new();
+    for (name, credentials) in [
+        ("anonymous", None),
+        ("outsider", Some(("outsider", "outsider-pw"))),
+        ("reader1", Some(("reader1", "reader1-password"))),
+        ("dev1", Some(("dev1", "dev1-password"))),
+        ("teamdev", Some(("teamdev", "teamdev-password"))),
+        ("maint1", Some(("maint1", "maint1-password"))),
+        ("nsadmin1", Some(("nsadmin1", "nsadmin1-password"))),
+        ("root", Some(ROOT)),
+        ("robot", Some(("robot$ci", robot_secret.as_str()))),
+        ("expired robot", Some(("robot$short", short_secret.as_str()))),
+    ] {
+        callers.push((name, matrix_caller(&s, presenting, credentials).await));
+    }
     // Expected access per caller: team/app, pub/lib, other/x, loose.
     let expect = |caller: &str| -> [May; 4] {
         match caller {
@@ -129,7 +195,10 @@ async fn every_endpoint_follows_roles_teams_robots_and_defaults() {
     for (name, caller) in &callers {
         for (i, repo) in ["team/app", "pub/lib", "other/x", "loose"].into_iter().enumerate() {
             let May(pull, push, delete) = expect(name)[i];
-            let refused = if *name == "anonymous" || *name == "expired robot" { 401 } else { 403 };
+            // A token that lacks a scope is answered 401 (`insufficient_scope`): the client
+            // may ask for a wider token. A signed-in password caller is refused (403).
+            let signed_out = *name == "anonymous" || *name == "expired robot";
+            let refused = if signed_out || presenting == Presenting::Token { 401 } else { 403 };
             let digest = &digests[repo];
             let checks = [
                 (pull, Method::GET, format!("/v2/{repo}/manifests/v1"), 200),
@@ -159,7 +228,10 @@ async fn every_endpoint_follows_roles_teams_robots_and_defaults() {
         }
     };
     let by_name = |n: &str| &callers.iter().find(|(name, _)| *name == n).unwrap().1;
-    assert_eq!(catalog(by_name("anonymous")).await, Some(json!(["pub/lib"])));
+    // Anonymous tokens never include the catalog; anonymous password-less callers see
+    // the public part.
+    let anonymous_catalog = (presenting == Presenting::Password).then(|| json!(["pub/lib"]));
+    assert_eq!(catalog(by_name("anonymous")).await, anonymous_catalog);
     assert_eq!(catalog(by_name("outsider")).await, Some(json!(["loose", "pub/lib"])));
     assert_eq!(catalog(by_name("reader1")).await, Some(json!(["loose", "pub/lib", "team/app"])));
     assert_eq!(catalog(by_name("robot")).await, Some(json!(["pub/lib", "team/app"])));
