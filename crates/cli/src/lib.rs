@@ -13,7 +13,7 @@ pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
-use berth_storage::{FsBlobStore, Spool};
+use berth_storage::{BlobStore, FsBlobStore, ObjectBlobStore, S3Settings, Spool};
 use config::{Config, UploadPurging};
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ pub struct App {
 
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let root = config.root();
-    let blobs = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+    let blobs = blob_store(config)?;
     let spool = Spool::open(&FsBlobStore::spool_dir(&root)).context("opening the upload spool")?;
     let url = config.database_url();
     let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
@@ -44,9 +44,41 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         Some(settings) => Some(Arc::new(Authenticator::new(settings, meta.clone()).await?)),
         None => None,
     };
-    let registry = Arc::new(Registry::new(Arc::new(blobs), spool, meta, settings));
+    let registry = Arc::new(Registry::new(blobs, spool, meta, settings));
     let router = berth_http::router(registry.clone(), edge_options(config)?, auth);
     Ok(App { registry, router })
+}
+
+/// Where blobs live: an S3 bucket with `storage.s3`, else the filesystem root (which
+/// holds the upload spool, and the SQLite database, in either case).
+fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let Some(s3) = &config.storage.s3 else {
+        let root = config.root();
+        let store = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+        return Ok(Arc::new(store));
+    };
+    let chunk = usize::try_from(s3.chunksize).unwrap_or(usize::MAX);
+    if chunk < berth_storage::MIN_PART_SIZE {
+        bail!("`storage.s3.chunksize` must be at least 5 MiB (5242880), S3's smallest part");
+    }
+    let settings = S3Settings {
+        bucket: s3.bucket.clone(),
+        region: s3.region.clone(),
+        endpoint: s3.regionendpoint.clone().filter(|e| !e.is_empty()),
+        access_key: s3.accesskey.clone().filter(|k| !k.is_empty()),
+        secret_key: s3.secretkey.as_ref().map(|k| k.0.clone()).filter(|k| !k.is_empty()),
+        session_token: s3.sessiontoken.as_ref().map(|t| t.0.clone()),
+        root: s3.rootdirectory.clone().unwrap_or_else(|| "/".into()),
+        encrypt: s3.encrypt,
+        key_id: s3.keyid.clone(),
+        secure: s3.secure,
+        virtual_host_style: !s3.forcepathstyle,
+        part_size: chunk,
+        storage_class: s3.storageclass.clone(),
+        redirect: !config.storage.redirect.disable,
+    };
+    let store = ObjectBlobStore::s3(&settings).with_context(|| format!("`storage.s3` bucket {:?}", s3.bucket))?;
+    Ok(Arc::new(store))
 }
 
 /// Authentication from `auth` and `berth.auth`; `None` when it is off (every request

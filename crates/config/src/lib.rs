@@ -154,7 +154,97 @@ pub struct Storage {
     #[serde(default)]
     pub cache: Option<Value>,
     #[serde(default)]
-    pub redirect: Option<Value>,
+    pub redirect: Redirect,
+    /// Blobs in an S3 bucket (or an S3-compatible store) instead of the filesystem.
+    pub s3: Option<S3>,
+}
+
+/// registry:2's `storage.redirect`: blob downloads from an object store are answered
+/// with a redirect to a short-lived presigned URL unless `disable`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default)]
+    pub disable: bool,
+}
+
+/// registry:2's `storage.s3`, key for key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    #[serde(deserialize_with = "scalar")]
+    pub bucket: String,
+    #[serde(deserialize_with = "scalar")]
+    pub region: String,
+    /// A custom endpoint (MinIO, Ceph RGW, ...), as a URL or a host.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub regionendpoint: Option<String>,
+    /// Static credentials; without them the standard AWS chain is asked (environment,
+    /// profile files, web identity, instance metadata).
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub accesskey: Option<String>,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub secretkey: Option<Secret>,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub sessiontoken: Option<Secret>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub rootdirectory: Option<String>,
+    #[serde(default)]
+    pub encrypt: bool,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub keyid: Option<String>,
+    /// https for an endpoint given as a host.
+    #[serde(default = "yes")]
+    pub secure: bool,
+    /// Path-style requests (`host/bucket/key`); `false`: virtual-host style.
+    #[serde(default = "yes")]
+    pub forcepathstyle: bool,
+    /// The part size of multipart uploads, in bytes (at least 5 MiB).
+    #[serde(default = "default_chunksize")]
+    pub chunksize: u64,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub storageclass: Option<String>,
+    /// Accepted for registry:2 compatibility, with no effect: TLS is always verified,
+    /// requests are always signed with SigV4, and these tune registry:2's own copier.
+    #[serde(default)]
+    pub skipverify: Option<Value>,
+    #[serde(default)]
+    pub v4auth: Option<Value>,
+    #[serde(default)]
+    pub multipartcopychunksize: Option<Value>,
+    #[serde(default)]
+    pub multipartcopymaxconcurrency: Option<Value>,
+    #[serde(default)]
+    pub multipartcopythresholdsize: Option<Value>,
+    #[serde(default)]
+    pub useragent: Option<Value>,
+    #[serde(default)]
+    pub objectacl: Option<Value>,
+    #[serde(default)]
+    pub loglevel: Option<Value>,
+}
+
+fn default_chunksize() -> u64 {
+    10 << 20
+}
+
+/// A string that environment variables may have turned into another YAML scalar (a
+/// bucket named `2024`, a key of digits).
+fn scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(serde::de::Error::custom(format!("expected a string, not {other:?}"))),
+    }
+}
+
+fn optional_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    scalar(d).map(Some)
+}
+
+fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    scalar(d).map(|s| Some(Secret(s)))
 }
 
 #[derive(Debug, Default, Deserialize)]

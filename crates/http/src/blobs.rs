@@ -10,6 +10,15 @@ use berth_proto::{Digest, RepositoryName};
 use berth_registry::Actor;
 
 pub(crate) async fn get(app: &App, repo: RepositoryName, digest: Digest, req: Request) -> Result<Response, ApiError> {
+    if req.method() == Method::GET {
+        // As registry:2 does on object stores: the bytes come from the store itself.
+        if let Some(url) = app.registry.blob_redirect(&repo, &digest).await? {
+            let mut resp = crate::empty_response(StatusCode::TEMPORARY_REDIRECT);
+            resp.headers_mut().insert(header::LOCATION, header_value(&url));
+            resp.headers_mut().insert(DOCKER_CONTENT_DIGEST, header_value(digest.as_str()));
+            return Ok(resp);
+        }
+    }
     let size = app.registry.blob_size(&repo, &digest).await?;
     let range = match request::byte_range(req.headers(), size) {
         Ok(r) => r,

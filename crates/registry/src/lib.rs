@@ -160,6 +160,13 @@ impl Registry {
         }
     }
 
+    /// Where the client may download a blob from itself (a presigned object-store URL),
+    /// if the store offers that; the blob must be in the repository.
+    pub async fn blob_redirect(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<String>> {
+        self.blob_size(repo, digest).await?;
+        Ok(self.blobs.redirect_url(digest).await?)
+    }
+
     /// Removes a blob from a repository. Its bytes stay for other repositories and for
     /// garbage collection to judge.
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest, actor: &Actor) -> Result<()> {

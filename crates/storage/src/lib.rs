@@ -14,7 +14,7 @@ mod spool;
 mod tail;
 
 pub use fs::FsBlobStore;
-pub use object::ObjectBlobStore;
+pub use object::{ObjectBlobStore, S3Settings, MIN_PART_SIZE};
 pub use spool::{Spool, SpoolLock};
 
 pub use berth_proto::ByteRange;
@@ -64,6 +64,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Streams a blob, or a range of it.
     async fn read(&self, digest: &Digest, range: Option<ByteRange>) -> io::Result<ByteStream>;
+
+    /// A short-lived URL the client may fetch the blob from itself, so that its bytes
+    /// bypass the registry; `None` where the backend has none or redirects are off.
+    async fn redirect_url(&self, _digest: &Digest) -> io::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Where a blob lives, relative to the store's root: registry:2's layout, so an existing
@@ -84,7 +90,7 @@ mod tests {
         futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
     }
 
-    async fn collect(s: ByteStream) -> Vec<u8> {
+    pub(crate) async fn collect(s: ByteStream) -> Vec<u8> {
         s.fold(Vec::new(), |mut acc, b| async move {
             acc.extend_from_slice(&b.unwrap());
             acc

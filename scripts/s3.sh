@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A throwaway S3-compatible server on loopback for the tests: moto's server (PyPI's
+# moto[server], installed by scripts/install-test-deps.sh), which speaks the S3 API over
+# HTTP, signatures, multipart uploads and presigned URLs included. State is in memory.
+#   scripts/s3.sh start DIR PORT   starts it (log and pid file in DIR), creates the bucket
+#                                  berth-test, prints the endpoint URL
+#   scripts/s3.sh stop DIR         stops it (SIGTERM to the PID in DIR/s3.pid)
+# Any access key and secret are accepted.
+set -euo pipefail
+
+case "${1:-}" in
+  start)
+    dir=$(realpath -m "$2") port=$3
+    mkdir -p "$dir"
+    python3 -c "import moto.server" 2>/dev/null \
+      || { echo "s3.sh: moto's server is not installed (pip install 'moto[server]')" >&2; exit 1; }
+    url="http://127.0.0.1:$port"
+    python3 -m moto.server -H 127.0.0.1 -p "$port" >"$dir/s3.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$dir/s3.pid"
+    # Ready when it answers (bounded: 30 s); give up early if it exited (a taken port).
+    for _ in $(seq 300); do
+      if curl -sf -o /dev/null "$url/"; then
+        curl -sf -o /dev/null -X PUT "$url/berth-test"
+        echo "$url"
+        exit 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    echo "s3.sh: the S3 server did not answer at $url" >&2
+    cat "$dir/s3.log" >&2
+    exit 1
+    ;;
+  stop)
+    dir=$2
+    if [ -f "$dir/s3.pid" ]; then
+      pid=$(cat "$dir/s3.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$dir/s3.pid"
+    fi
+    ;;
+  *)
+    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    exit 2
+    ;;
+esac
