@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, checks formatting
 # and lints, builds the release binary and runs the Rust tests in the same (release)
-# profile (the API tests a second time on a throwaway PostgreSQL, LDAP sign-in on a
-# throwaway OpenLDAP), then the OCI conformance suite, the real-client end-to-end tests (including
+# profile (the API tests a second time on a throwaway PostgreSQL with blobs on a
+# throwaway S3 server, LDAP sign-in on a throwaway OpenLDAP), then the OCI conformance suite, the real-client end-to-end tests (including
 # the model-based concurrency test and the power-cut test), the fuzzers for a bounded
 # time, and the benchmark's smoke mode.
 set -euo pipefail
@@ -22,26 +22,27 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build --release"
 cargo build --release --locked
 
-step "starting a throwaway PostgreSQL and OpenLDAP for the tests"
+step "starting a throwaway PostgreSQL, OpenLDAP and S3 server for the tests"
 pgdir=$(mktemp -d)
 chmod 755 "$pgdir"
-trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; bash scripts/slapd.sh stop "$pgdir/ldap" || true; rm -rf "$pgdir"' EXIT
+trap 'bash scripts/postgres.sh stop "$pgdir/pg" || true; bash scripts/slapd.sh stop "$pgdir/ldap" || true; bash scripts/s3.sh stop "$pgdir/s3" || true; rm -rf "$pgdir"' EXIT
 pg_url=$(bash scripts/postgres.sh start "$pgdir/pg" "${BERTH_TEST_PG_PORT:-55439}")
 ldap_url=$(bash scripts/slapd.sh start "$pgdir/ldap" "${BERTH_TEST_LDAP_PORT:-55389}")
+s3_url=$(bash scripts/s3.sh start "$pgdir/s3" "${BERTH_TEST_S3_PORT:-55490}")
 
 # Every cargo test below selects from the whole workspace, so features unify as in the
 # build above and nothing is compiled again.
 step "cargo test (release profile: the same build as the binary), LDAP sign-in against OpenLDAP"
 BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --workspace --locked
 
-step "the API tests again on PostgreSQL, PostgreSQL's own race tests, and the directory-team sync"
-BERTH_TEST_POSTGRES="$pg_url" cargo test --release --workspace --locked --lib --test api --test postgres
+step "the API tests again on PostgreSQL with blobs in S3, PostgreSQL's own race tests, the storage suite on S3"
+BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" cargo test --release --workspace --locked --lib --test api --test postgres
 
 step "OCI distribution-spec conformance suite"
 BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh
 
 step "end-to-end tests with real clients"
-BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_POSTGRES="$pg_url" python3 -m pytest -q tests/e2e
+BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" python3 -m pytest -q tests/e2e
 
 step "fuzzing every parser of client input (bounded time per target)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh

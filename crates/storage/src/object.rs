@@ -89,7 +89,13 @@ impl ObjectBlobStore {
         if let Some(class) = &s.storage_class {
             b = b.default_storage_class(class);
         }
-        let op = Operator::new(b).map_err(io::Error::other)?;
+        // Each attempt bounded in time; failures the store calls temporary (5xx,
+        // throttling, a dropped connection) retried with jittered backoff. Every write
+        // here is idempotent (content-addressed keys), so a retry never changes a result.
+        let op = Operator::new(b)
+            .map_err(io::Error::other)?
+            .layer(opendal::layers::TimeoutLayer::new())
+            .layer(opendal::layers::RetryLayer::new().with_jitter().with_max_times(4));
         let redirect_for = s.redirect.then_some(REDIRECT_FOR);
         Ok(ObjectBlobStore { op, part_size: s.part_size.max(MIN_PART_SIZE), redirect_for })
     }

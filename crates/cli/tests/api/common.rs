@@ -186,6 +186,30 @@ fn postgres_database_for(root: &Path) -> Option<String> {
     Some(format!("{server}/{name}"))
 }
 
+/// Whether the suite keeps blobs in S3 (`BERTH_TEST_S3` set to an S3 server's endpoint
+/// with a bucket `berth-test`, as `scripts/s3.sh` starts it) rather than on the filesystem.
+#[allow(dead_code)] // for tests that only make sense on one backend
+pub fn on_s3() -> bool {
+    std::env::var_os("BERTH_TEST_S3").is_some()
+}
+
+/// On S3, the settings that keep a server root's blobs under a prefix of its own, so a
+/// server restarted on the same root finds them. Downloads are not redirected: the suite
+/// checks what Berth answers (redirects have tests of their own).
+fn s3_storage_for(root: &Path) -> Vec<(String, String)> {
+    let Ok(endpoint) = std::env::var("BERTH_TEST_S3") else { return Vec::new() };
+    let prefix = format!("/api-{}", root.file_name().unwrap().to_string_lossy());
+    env(&[
+        ("REGISTRY_STORAGE_S3_BUCKET", "berth-test"),
+        ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &endpoint),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", "test"),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", "test"),
+        ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", &prefix),
+        ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+    ])
+}
+
 impl Server {
     /// A server with deletes enabled on a fresh root.
     pub async fn start() -> Server {
@@ -203,6 +227,7 @@ impl Server {
         if let Some(url) = postgres_database_for(root.path()) {
             vars.push(("REGISTRY_BERTH_DATABASE_URL".into(), url));
         }
+        vars.extend(s3_storage_for(root.path()));
         vars.extend(env(extra));
         let config = berth::config::Config::load(None, vars).unwrap();
         let app = berth::build(&config).await.unwrap();
