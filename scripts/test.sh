@@ -38,8 +38,8 @@ BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test -
 step "the API tests again on PostgreSQL with blobs in S3, PostgreSQL's own race tests, the storage suite on S3"
 BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" cargo test --release --workspace --locked --lib --test api --test postgres
 
-step "OCI distribution-spec conformance suite"
-BERTH_BIN="$PWD/target/release/berth" bash scripts/conformance.sh
+step "OCI distribution-spec conformance suite, on the filesystem and with blobs in S3"
+BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_S3="$s3_url" bash scripts/conformance.sh
 
 step "end-to-end tests with real clients"
 BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" python3 -m pytest -q tests/e2e
