@@ -106,7 +106,16 @@ fn main() -> anyhow::Result<()> {
             config.log_level()?;
             config.json_logs()?;
             println!("listen: {}", config.addr()?);
-            println!("storage: filesystem at {}", config.root().display());
+            match &config.storage.s3 {
+                Some(s3) => println!(
+                    "storage: s3 bucket {} ({}) under {}, uploads spooled at {}",
+                    s3.bucket,
+                    s3.regionendpoint.as_deref().unwrap_or(&s3.region),
+                    s3.rootdirectory.as_deref().unwrap_or("/"),
+                    config.root().display()
+                ),
+                None => println!("storage: filesystem at {}", config.root().display()),
+            }
             println!("metadata: {}", config.database_url());
             println!("delete enabled: {}", config.storage.delete.enabled);
             Ok(())
