@@ -13,7 +13,7 @@ pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
-use berth_storage::{BlobStore, FsBlobStore, ObjectBlobStore, S3Settings, Spool};
+use berth_storage::{AzureSettings, BlobStore, FsBlobStore, ObjectBlobStore, S3Settings, Spool};
 use config::{Config, UploadPurging};
 use std::sync::Arc;
 
@@ -49,9 +49,33 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     Ok(App { registry, router })
 }
 
-/// Where blobs live: an S3 bucket with `storage.s3`, else the filesystem root (which
-/// holds the upload spool, and the SQLite database, in either case).
+/// The blocks a blob is written to Azure in (registry:2 has no setting for it).
+const AZURE_BLOCK_SIZE: usize = 10 << 20;
+
+/// Where blobs live: an S3 bucket with `storage.s3`, an Azure container with
+/// `storage.azure`, else the filesystem root (which holds the upload spool, and the
+/// SQLite database, in every case).
 fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    if config.storage.s3.is_some() && config.storage.azure.is_some() {
+        bail!("`storage.s3` and `storage.azure` exclude each other: blobs live in one store");
+    }
+    if let Some(azure) = &config.storage.azure {
+        let endpoint = azure
+            .serviceurl
+            .clone()
+            .unwrap_or_else(|| format!("https://{}.blob.{}", azure.accountname, azure.realm));
+        let settings = AzureSettings {
+            account_name: azure.accountname.clone(),
+            account_key: azure.accountkey.0.clone(),
+            container: azure.container.clone(),
+            endpoint,
+            root: azure.rootdirectory.clone().unwrap_or_else(|| "/".into()),
+            part_size: AZURE_BLOCK_SIZE,
+        };
+        let store = ObjectBlobStore::azure(&settings)
+            .with_context(|| format!("`storage.azure` container {:?}", azure.container))?;
+        return Ok(Arc::new(store));
+    }
     let Some(s3) = &config.storage.s3 else {
         let root = config.root();
         let store = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;

@@ -114,7 +114,15 @@ fn main() -> anyhow::Result<()> {
                     s3.rootdirectory.as_deref().unwrap_or("/"),
                     config.root().display()
                 ),
-                None => println!("storage: filesystem at {}", config.root().display()),
+                None => match &config.storage.azure {
+                    Some(azure) => println!(
+                        "storage: azure container {} of account {}, uploads spooled at {}",
+                        azure.container,
+                        azure.accountname,
+                        config.root().display()
+                    ),
+                    None => println!("storage: filesystem at {}", config.root().display()),
+                },
             }
             println!("metadata: {}", config.database_url());
             println!("delete enabled: {}", config.storage.delete.enabled);

@@ -157,6 +157,38 @@ pub struct Storage {
     pub redirect: Redirect,
     /// Blobs in an S3 bucket (or an S3-compatible store) instead of the filesystem.
     pub s3: Option<S3>,
+    /// Blobs in an Azure Blob Storage container instead of the filesystem.
+    pub azure: Option<Azure>,
+}
+
+/// registry:2's `storage.azure` (shared-key authentication).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Azure {
+    #[serde(deserialize_with = "scalar")]
+    pub accountname: String,
+    #[serde(deserialize_with = "secret")]
+    pub accountkey: Secret,
+    #[serde(deserialize_with = "scalar")]
+    pub container: String,
+    /// The endpoint's domain: `https://<accountname>.blob.<realm>`.
+    #[serde(default = "default_azure_realm", deserialize_with = "scalar")]
+    pub realm: String,
+    /// The account's blob endpoint in full (Distribution 3's key), e.g. an emulator's;
+    /// overrides `realm`.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub serviceurl: Option<String>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub rootdirectory: Option<String>,
+    /// Accepted for Distribution 3 compatibility, with no effect (its copy tuning).
+    #[serde(default)]
+    pub copy_status_poll_max_retry: Option<Value>,
+    #[serde(default)]
+    pub copy_status_poll_delay: Option<Value>,
+}
+
+fn default_azure_realm() -> String {
+    "core.windows.net".into()
 }
 
 /// registry:2's `storage.redirect`: blob downloads from an object store are answered
@@ -241,6 +273,10 @@ fn scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 fn optional_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     scalar(d).map(Some)
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    scalar(d).map(Secret)
 }
 
 fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
