@@ -23,5 +23,7 @@ fi
 node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
   || { echo "install-test-deps.sh: tests/oidc needs node >= 20.19 (have $(node --version))" >&2; exit 1; }
 npm ci --prefix "$(dirname "$0")/../tests/oidc" --silent --no-audit --no-fund
+# Azurite, the Azure Blob Storage emulator (scripts/azurite.sh).
+npm ci --prefix "$(dirname "$0")/../tests/azurite" --silent --no-audit --no-fund
 
 python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/e2e/requirements.txt"

@@ -60,10 +60,8 @@ fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         bail!("`storage.s3` and `storage.azure` exclude each other: blobs live in one store");
     }
     if let Some(azure) = &config.storage.azure {
-        let endpoint = azure
-            .serviceurl
-            .clone()
-            .unwrap_or_else(|| format!("https://{}.blob.{}", azure.accountname, azure.realm));
+        let endpoint =
+            azure.serviceurl.clone().unwrap_or_else(|| format!("https://{}.blob.{}", azure.accountname, azure.realm));
         let settings = AzureSettings {
             account_name: azure.accountname.clone(),
             account_key: azure.accountkey.0.clone(),

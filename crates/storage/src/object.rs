@@ -228,7 +228,8 @@ mod tests {
     }
 
     /// Azurite's published development key (no secret).
-    const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
     /// The same suite on a real S3 server (`BERTH_TEST_S3`: its endpoint, with a bucket
     /// `berth-test`, as `scripts/s3.sh` starts it), through the settings `storage.s3`
