@@ -7,6 +7,7 @@
 #   scripts/azurite.sh stop DIR         stops it (SIGTERM to the PID in DIR/azurite.pid)
 # Account devstoreaccount1 with Azurite's published development key (AZURITE_KEY below).
 set -euo pipefail
+. "$(dirname "$0")/await-ready.sh"
 
 azurite=$(cd "$(dirname "$0")/../tests/azurite" && pwd)
 AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
@@ -23,19 +24,10 @@ case "${1:-}" in
       --skipApiVersionCheck --loose >"$dir/azurite.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$dir/azurite.pid"
-    # Ready when the container can be made (bounded: 30 s); give up early if it exited.
-    for _ in $(seq 300); do
-      if node "$azurite/create-container.mjs" "$url" devstoreaccount1 "$AZURITE_KEY" berth-test 2>/dev/null; then
-        echo "$url"
-        exit 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "azurite.sh: Azurite did not answer at $url" >&2
-    cat "$dir/azurite.log" >&2
-    exit 1
+    # Ready when the container can be made.
+    await_ready "$pid" "$dir/azurite.log" "azurite.sh: Azurite at $url" \
+      node "$azurite/create-container.mjs" "$url" devstoreaccount1 "$AZURITE_KEY" berth-test
+    echo "$url"
     ;;
   stop)
     dir=$2

@@ -5,6 +5,7 @@
 #   scripts/oidc-issuer.sh stop DIR      stops it (SIGTERM to the PID in DIR/issuer.pid)
 # Extra start options go to issuer.mjs, e.g. --redirect-uri URI, --audience ID, --id-token-alg ES256.
 set -euo pipefail
+. "$(dirname "$0")/await-ready.sh"
 
 oidc=$(cd "$(dirname "$0")/../tests/oidc" && pwd)
 
@@ -24,20 +25,10 @@ case "${1:-}" in
     rm -f "$dir/issuer.pid"
     node "$oidc/issuer.mjs" --port "$port" --pid-file "$dir/issuer.pid" "$@" >"$dir/issuer.log" 2>&1 </dev/null &
     pid=$!
-    # Ready when our process listens (its pid file) and the discovery document answers
-    # (bounded: 30 s); give up early if node exited (a taken port, a bad option).
-    for _ in $(seq 300); do
-      if [ -f "$dir/issuer.pid" ] && curl -sf -o /dev/null "$url/.well-known/openid-configuration"; then
-        echo "$url"
-        exit 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "oidc-issuer.sh: the issuer did not answer at $url" >&2
-    cat "$dir/issuer.log" >&2
-    exit 1
+    # Ready when our process listens (its pid file) and the discovery document answers.
+    listening() { [ -f "$dir/issuer.pid" ] && curl -sf -o /dev/null "$url/.well-known/openid-configuration"; }
+    await_ready "$pid" "$dir/issuer.log" "oidc-issuer.sh: the issuer at $url" listening
+    echo "$url"
     ;;
   stop)
     dir=$2

@@ -7,6 +7,7 @@
 #   scripts/s3.sh stop DIR         stops it (SIGTERM to the PID in DIR/s3.pid)
 # Any access key and secret are accepted.
 set -euo pipefail
+. "$(dirname "$0")/await-ready.sh"
 
 case "${1:-}" in
   start)
@@ -18,20 +19,10 @@ case "${1:-}" in
     python3 -m moto.server -H 127.0.0.1 -p "$port" >"$dir/s3.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$dir/s3.pid"
-    # Ready when it answers (bounded: 30 s); give up early if it exited (a taken port).
-    for _ in $(seq 300); do
-      if curl -sf -o /dev/null "$url/"; then
-        curl -sf -o /dev/null -X PUT "$url/berth-test"
-        echo "$url"
-        exit 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "s3.sh: the S3 server did not answer at $url" >&2
-    cat "$dir/s3.log" >&2
-    exit 1
+    # Ready when it answers; the bucket is made then.
+    await_ready "$pid" "$dir/s3.log" "s3.sh: the S3 server at $url" curl -sf -o /dev/null "$url/"
+    curl -sf -o /dev/null -X PUT "$url/berth-test"
+    echo "$url"
     ;;
   stop)
     dir=$2
