@@ -7,7 +7,7 @@
 #   scripts/azurite.sh stop DIR         stops it (SIGTERM to the PID in DIR/azurite.pid)
 # Account devstoreaccount1 with Azurite's published development key (AZURITE_KEY below).
 set -euo pipefail
-. "$(dirname "$0")/await-ready.sh"
+. "$(dirname "$0")/test-server-lib.sh"
 
 azurite=$(cd "$(dirname "$0")/../tests/azurite" && pwd)
 AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
@@ -30,13 +30,7 @@ case "${1:-}" in
     echo "$url"
     ;;
   stop)
-    dir=$2
-    if [ -f "$dir/azurite.pid" ]; then
-      pid=$(cat "$dir/azurite.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$dir/azurite.pid"
-    fi
+    stop_pid_file "$2/azurite.pid"
     ;;
   *)
     echo "usage: $0 start DIR PORT | stop DIR" >&2

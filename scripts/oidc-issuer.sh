@@ -5,7 +5,7 @@
 #   scripts/oidc-issuer.sh stop DIR      stops it (SIGTERM to the PID in DIR/issuer.pid)
 # Extra start options go to issuer.mjs, e.g. --redirect-uri URI, --audience ID, --id-token-alg ES256.
 set -euo pipefail
-. "$(dirname "$0")/await-ready.sh"
+. "$(dirname "$0")/test-server-lib.sh"
 
 oidc=$(cd "$(dirname "$0")/../tests/oidc" && pwd)
 

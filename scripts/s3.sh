@@ -7,7 +7,7 @@
 #   scripts/s3.sh stop DIR         stops it (SIGTERM to the PID in DIR/s3.pid)
 # Any access key and secret are accepted.
 set -euo pipefail
-. "$(dirname "$0")/await-ready.sh"
+. "$(dirname "$0")/test-server-lib.sh"
 
 case "${1:-}" in
   start)
@@ -25,13 +25,7 @@ case "${1:-}" in
     echo "$url"
     ;;
   stop)
-    dir=$2
-    if [ -f "$dir/s3.pid" ]; then
-      pid=$(cat "$dir/s3.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$dir/s3.pid"
-    fi
+    stop_pid_file "$2/s3.pid"
     ;;
   *)
     echo "usage: $0 start DIR PORT | stop DIR" >&2

@@ -17,3 +17,14 @@ await_ready() {
   cat "$log" >&2
   return 1
 }
+
+# stop_pid_file FILE: SIGTERM to the PID in FILE (if any), waits up to 10 s for it to end,
+# removes FILE.
+stop_pid_file() {
+  local file=$1 pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$file"
+}
