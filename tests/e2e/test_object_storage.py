@@ -1,5 +1,6 @@
-"""Blobs in object stores: S3 (`storage.s3`, on the throwaway S3 server of scripts/s3.sh) and
-Azure Blob Storage (`storage.azure`, on Azurite, scripts/azurite.sh), with registry:2's keys.
+"""Blobs in object stores: S3 (`storage.s3`, on the throwaway S3 server of scripts/s3.sh), Azure
+Blob Storage (`storage.azure`, on Azurite, scripts/azurite.sh) and Google Cloud Storage
+(`storage.gcs`, on gcp-storage-emulator, scripts/gcs.sh), with registry:2's keys.
 skopeo and docker push and pull; a restarted server finds its blobs; no secret key is logged.
 On S3 the objects sit under registry:2's keys below `rootdirectory`, and blob downloads are
 redirected (307) to presigned URLs that serve the exact bytes, as registry:2 does, unless
@@ -50,6 +51,11 @@ def azure_endpoint():
     yield from store_server("BERTH_TEST_AZURE", "azurite.sh")
 
 
+@pytest.fixture(scope="module")
+def gcs_endpoint():
+    yield from store_server("BERTH_TEST_GCS", "gcs.sh")
+
+
 def azure_env(endpoint: str, prefix: str) -> dict:
     return {"REGISTRY_STORAGE": "azure", "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": "devstoreaccount1",
             "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": AZURITE_KEY, "REGISTRY_STORAGE_AZURE_CONTAINER": "berth-test",
@@ -75,6 +81,20 @@ def push_pull_restart(srv, workdir, skopeo, docker, salt: str, secret: str):
     assert it.sha256_digest(raw) == src.digest
     assert secret not in open(srv.log_path, "rb").read().decode(errors="replace")
     return src
+
+
+def test_push_and_pull_with_blobs_in_gcs(gcs_endpoint, make_server, workdir, skopeo, docker):
+    # Blobs of one part (the emulator has no multipart uploads): 3 MiB, parts of 10 MiB.
+    srv = make_server(env={"REGISTRY_STORAGE": "gcs", "REGISTRY_STORAGE_GCS_BUCKET": "berth-test",
+                           "REGISTRY_STORAGE_GCS_ENDPOINT": gcs_endpoint,
+                           "REGISTRY_STORAGE_GCS_ROOTDIRECTORY": f"/e2e-{uuid.uuid4().hex[:8]}"})
+    src = push_pull_restart(srv, workdir, skopeo, docker, "gcs", "no secret")
+    # Downloads are redirected to the store (unsigned URLs: the emulator is anonymous), and
+    # the clients above followed them.
+    layer = src.images[0].layers[0].digest
+    r = requests.get(f"{srv.url}/v2/team/app/blobs/{layer}", allow_redirects=False, timeout=10)
+    assert r.status_code == 307 and r.headers["Location"].startswith(gcs_endpoint)
+    assert it.sha256_digest(requests.get(r.headers["Location"], timeout=10).content) == layer
 
 
 def test_push_and_pull_with_blobs_in_azure(azure_endpoint, make_server, workdir, skopeo, docker):

@@ -13,7 +13,7 @@ pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
-use berth_storage::{AzureSettings, BlobStore, FsBlobStore, ObjectBlobStore, S3Settings, Spool};
+use berth_storage::{AzureSettings, BlobStore, FsBlobStore, GcsSettings, ObjectBlobStore, S3Settings, Spool};
 use config::{Config, UploadPurging};
 use std::sync::Arc;
 
@@ -49,6 +49,15 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     Ok(App { registry, router })
 }
 
+/// `storage.<driver>.chunksize`, checked: parts are at least 5 MiB (S3's smallest).
+fn part_size(driver: &str, chunksize: u64) -> anyhow::Result<usize> {
+    let size = usize::try_from(chunksize).unwrap_or(usize::MAX);
+    if size < berth_storage::MIN_PART_SIZE {
+        bail!("`storage.{driver}.chunksize` must be at least 5 MiB (5242880)");
+    }
+    Ok(size)
+}
+
 /// The blocks a blob is written to Azure in (registry:2 has no setting for it).
 const AZURE_BLOCK_SIZE: usize = 10 << 20;
 
@@ -56,8 +65,22 @@ const AZURE_BLOCK_SIZE: usize = 10 << 20;
 /// `storage.azure`, else the filesystem root (which holds the upload spool, and the
 /// SQLite database, in every case).
 fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
-    if config.storage.s3.is_some() && config.storage.azure.is_some() {
-        bail!("`storage.s3` and `storage.azure` exclude each other: blobs live in one store");
+    let s = &config.storage;
+    if [s.s3.is_some(), s.azure.is_some(), s.gcs.is_some()].into_iter().filter(|&b| b).count() > 1 {
+        bail!("`storage.s3`, `storage.azure` and `storage.gcs` exclude each other: blobs live in one store");
+    }
+    if let Some(gcs) = &s.gcs {
+        let settings = GcsSettings {
+            bucket: gcs.bucket.clone(),
+            key_file: gcs.keyfile.clone(),
+            root: gcs.rootdirectory.clone().unwrap_or_else(|| "/".into()),
+            endpoint: gcs.endpoint.clone(),
+            part_size: part_size("gcs", gcs.chunksize)?,
+            redirect: !s.redirect.disable,
+        };
+        let store =
+            ObjectBlobStore::gcs(&settings).with_context(|| format!("`storage.gcs` bucket {:?}", gcs.bucket))?;
+        return Ok(Arc::new(store));
     }
     if let Some(azure) = &config.storage.azure {
         let endpoint =
@@ -79,10 +102,6 @@ fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         let store = FsBlobStore::open(&root).with_context(|| format!("opening storage at {}", root.display()))?;
         return Ok(Arc::new(store));
     };
-    let chunk = usize::try_from(s3.chunksize).unwrap_or(usize::MAX);
-    if chunk < berth_storage::MIN_PART_SIZE {
-        bail!("`storage.s3.chunksize` must be at least 5 MiB (5242880), S3's smallest part");
-    }
     let settings = S3Settings {
         bucket: s3.bucket.clone(),
         region: s3.region.clone(),
@@ -95,7 +114,7 @@ fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         key_id: s3.keyid.clone(),
         secure: s3.secure,
         virtual_host_style: !s3.forcepathstyle,
-        part_size: chunk,
+        part_size: part_size("s3", s3.chunksize)?,
         storage_class: s3.storageclass.clone(),
         redirect: !config.storage.redirect.disable,
     };

@@ -106,24 +106,21 @@ fn main() -> anyhow::Result<()> {
             config.log_level()?;
             config.json_logs()?;
             println!("listen: {}", config.addr()?);
-            match &config.storage.s3 {
-                Some(s3) => println!(
-                    "storage: s3 bucket {} ({}) under {}, uploads spooled at {}",
+            let (s, root) = (&config.storage, config.root());
+            let storage = match (&s.s3, &s.azure, &s.gcs) {
+                (Some(s3), ..) => format!(
+                    "s3 bucket {} ({}) under {}",
                     s3.bucket,
                     s3.regionendpoint.as_deref().unwrap_or(&s3.region),
-                    s3.rootdirectory.as_deref().unwrap_or("/"),
-                    config.root().display()
+                    s3.rootdirectory.as_deref().unwrap_or("/")
                 ),
-                None => match &config.storage.azure {
-                    Some(azure) => println!(
-                        "storage: azure container {} of account {}, uploads spooled at {}",
-                        azure.container,
-                        azure.accountname,
-                        config.root().display()
-                    ),
-                    None => println!("storage: filesystem at {}", config.root().display()),
-                },
-            }
+                (_, Some(azure), _) => format!("azure container {} of account {}", azure.container, azure.accountname),
+                (.., Some(gcs)) => {
+                    format!("gcs bucket {} under {}", gcs.bucket, gcs.rootdirectory.as_deref().unwrap_or("/"))
+                }
+                _ => format!("filesystem at {}", root.display()),
+            };
+            println!("storage: {storage}; uploads spooled under {}", root.display());
             println!("metadata: {}", config.database_url());
             println!("delete enabled: {}", config.storage.delete.enabled);
             Ok(())

@@ -159,6 +159,29 @@ pub struct Storage {
     pub s3: Option<S3>,
     /// Blobs in an Azure Blob Storage container instead of the filesystem.
     pub azure: Option<Azure>,
+    /// Blobs in a Google Cloud Storage bucket instead of the filesystem.
+    pub gcs: Option<Gcs>,
+}
+
+/// registry:2's `storage.gcs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gcs {
+    #[serde(deserialize_with = "scalar")]
+    pub bucket: String,
+    /// A service account key file (JSON); without it the standard chain
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`, the VM's metadata server).
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub keyfile: Option<String>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub rootdirectory: Option<String>,
+    /// The part size of uploads, in bytes.
+    #[serde(default = "default_chunksize")]
+    pub chunksize: u64,
+    /// Berth's addition: another endpoint of the JSON API (an emulator), used without
+    /// credentials.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub endpoint: Option<String>,
 }
 
 /// registry:2's `storage.azure` (shared-key authentication).

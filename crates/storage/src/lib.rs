@@ -14,7 +14,7 @@ mod spool;
 mod tail;
 
 pub use fs::FsBlobStore;
-pub use object::{AzureSettings, ObjectBlobStore, S3Settings, MIN_PART_SIZE};
+pub use object::{AzureSettings, GcsSettings, ObjectBlobStore, S3Settings, MIN_PART_SIZE};
 pub use spool::{Spool, SpoolLock};
 
 pub use berth_proto::ByteRange;
