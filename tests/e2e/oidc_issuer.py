@@ -81,14 +81,20 @@ class OidcIssuer:
             return f.read()[-limit:].decode(errors="replace")
 
     def start(self) -> "OidcIssuer":
-        self.dir = tempfile.mkdtemp(prefix="berth-oidc-")
-        port = self.port or free_port()
-        p = subprocess.run([SCRIPT, "start", self.dir, str(port), *self.args],
-                           capture_output=True, timeout=180)  # a first start may run npm ci
-        if p.returncode != 0:
+        # A port free_port() found may be taken before node listens on it (it is only free
+        # when asked); on a port of our own choosing a failed start is tried on another.
+        attempts = 1 if self.port else 3
+        for attempt in range(attempts):
+            self.dir = tempfile.mkdtemp(prefix="berth-oidc-")
+            port = self.port or free_port()
+            p = subprocess.run([SCRIPT, "start", self.dir, str(port), *self.args],
+                               capture_output=True, timeout=180)  # a first start may run npm ci
+            if p.returncode == 0:
+                break
             shutil.rmtree(self.dir, ignore_errors=True)
-            raise AssertionError(f"oidc-issuer.sh start failed (rc={p.returncode}):\n"
-                                 f"{p.stdout.decode(errors='replace')}{p.stderr.decode(errors='replace')}")
+            if attempt == attempts - 1:
+                raise AssertionError(f"oidc-issuer.sh start failed (rc={p.returncode}), {attempts} tries:\n"
+                                     f"{p.stdout.decode(errors='replace')}{p.stderr.decode(errors='replace')}")
         self.url = p.stdout.decode().strip().splitlines()[-1]
         return self
 
