@@ -3,7 +3,7 @@
 # Daemons are installed without being started: the tests start their own on loopback.
 set -euo pipefail
 
-apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql slapd ldap-utils)
+apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql slapd ldap-utils haproxy)
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for p in "${apt_packages[@]}"; do

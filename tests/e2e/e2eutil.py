@@ -36,6 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fresh_postgres_database(admin_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of `admin_url`; its URL."""
+    name = "e2e_" + os.urandom(6).hex()
+    subprocess.run(["psql", admin_url, "-qXc", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
 def run(cmd, timeout=300, check=True, env=None, input=None) -> subprocess.CompletedProcess:
     """Run a command with a timeout, capturing output; on failure raise with the output."""
     try:

@@ -11,12 +11,10 @@ printed at the start and in every failure, so a failure replays:
 load balancer in front of several instances: `python3 tests/e2e/modelcheck.py <url>`.
 """
 import os
-import subprocess
-import uuid
 
 import pytest
 
-from e2eutil import SERVER_KIND, RegistryServer
+from e2eutil import SERVER_KIND, RegistryServer, fresh_postgres_database
 from modelcheck import (ABSENT, ANY_TAGGED, DEFAULT_CLIENTS, DEFAULT_OPS, DEFAULT_SEED, INF,
                         Checker, Features, History, Op, Pool, run_model)
 
@@ -35,10 +33,7 @@ def test_model_two_instances_sharing_postgres(workdir):
     """Two Berth processes on one PostgreSQL database and one blob root: every request
     goes to either, so each read may come from the instance that did not take the write,
     and upload sessions continue on the other instance."""
-    admin = os.environ["BERTH_TEST_POSTGRES"]
-    name = "model_" + uuid.uuid4().hex[:12]
-    subprocess.run(["psql", admin, "-qXc", f"CREATE DATABASE {name}"], check=True, timeout=60)
-    env = {"REGISTRY_BERTH_DATABASE_URL": admin.rsplit("/", 1)[0] + "/" + name}
+    env = {"REGISTRY_BERTH_DATABASE_URL": fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"])}
     root = os.path.join(workdir, "shared-root")
     servers = []
     try:

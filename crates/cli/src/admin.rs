@@ -377,8 +377,9 @@ async fn bootstrap(name: &str, config: Option<std::path::PathBuf>, password_stdi
         bail!("invalid user name {name:?}: letters, digits and . _ - @, starting with a letter or digit");
     }
     let config = crate::config::Config::load(config.as_deref(), std::env::vars())?;
-    let url = config.database_url();
-    let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
+    let meta = MetadataStore::open(&config.database_url())
+        .await
+        .with_context(|| format!("opening metadata database {}", config.database_url_redacted()))?;
     let password = if password_stdin { read_stdin()? } else { random_password() };
     if password.chars().count() < 8 {
         bail!("a password needs at least 8 characters");

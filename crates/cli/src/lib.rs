@@ -13,7 +13,7 @@ pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
-use berth_storage::{AzureSettings, BlobStore, FsBlobStore, GcsSettings, ObjectBlobStore, S3Settings, Spool};
+use berth_storage::{AzureSettings, BlobStore, FsBlobStore, GcsSettings, ObjectBlobStore, S3Settings};
 use config::{Config, UploadPurging};
 use std::sync::Arc;
 
@@ -24,11 +24,10 @@ pub struct App {
 }
 
 pub async fn build(config: &Config) -> anyhow::Result<App> {
-    let root = config.root();
     let blobs = blob_store(config)?;
-    let spool = Spool::open(&FsBlobStore::spool_dir(&root)).context("opening the upload spool")?;
-    let url = config.database_url();
-    let meta = MetadataStore::open(&url).await.with_context(|| format!("opening metadata database {url}"))?;
+    let meta = MetadataStore::open(&config.database_url())
+        .await
+        .with_context(|| format!("opening metadata database {}", config.database_url_redacted()))?;
     let uploads = &config.berth.uploads;
     let settings = Settings {
         delete_enabled: config.storage.delete.enabled,
@@ -44,7 +43,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         Some(settings) => Some(Arc::new(Authenticator::new(settings, meta.clone()).await?)),
         None => None,
     };
-    let registry = Arc::new(Registry::new(blobs, spool, meta, settings));
+    let registry = Arc::new(Registry::new(blobs, meta, settings));
     let router = berth_http::router(registry.clone(), edge_options(config)?, auth);
     Ok(App { registry, router })
 }
@@ -62,8 +61,8 @@ fn part_size(driver: &str, chunksize: u64) -> anyhow::Result<usize> {
 const AZURE_BLOCK_SIZE: usize = 10 << 20;
 
 /// Where blobs live: an S3 bucket with `storage.s3`, an Azure container with
-/// `storage.azure`, else the filesystem root (which holds the upload spool, and the
-/// SQLite database, in every case).
+/// `storage.azure`, a GCS bucket with `storage.gcs`, else the filesystem root (which
+/// holds the SQLite database in every case).
 fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let s = &config.storage;
     if [s.s3.is_some(), s.azure.is_some(), s.gcs.is_some()].into_iter().filter(|&b| b).count() > 1 {
@@ -179,7 +178,7 @@ pub fn auth_settings(config: &Config) -> anyhow::Result<Option<AuthSettings>> {
         external,
         anonymous,
         authenticated: level("authenticated", &ours.defaultaccess.authenticated)?,
-        bootstrap_admin: ours.admin.as_ref().map(|a| (a.username.clone(), a.password.clone())),
+        bootstrap_admin: ours.admin.as_ref().map(|a| (a.username.clone(), a.password.0.clone())),
         login_failures: ours.loginlimit.failures,
         login_window: ours.loginlimit.window,
         credential_cache: ours.credentialcache,

@@ -613,6 +613,16 @@ fn default_oidc_groups_claim() -> String {
     "groups".into()
 }
 
+/// `scheme://user:password@host/...` as `scheme://user:<redacted>@host/...`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@').and_then(|at| rest[..at].find(':').map(|colon| (colon, at))) {
+        Some((colon, at)) => format!("{scheme}://{}:<redacted>{}", &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A password in the configuration: its `Debug` form (logs, `check-config`) hides it.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -627,8 +637,12 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapAdmin {
+    #[serde(deserialize_with = "scalar")]
     pub username: String,
-    pub password: String,
+    /// Read as a scalar: `REGISTRY_BERTH_AUTH_ADMIN_PASSWORD=12345678` is a password, not
+    /// a number.
+    #[serde(deserialize_with = "secret")]
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -780,6 +794,11 @@ impl Config {
             .url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.root().join("berth/metadata.db").display()))
+    }
+
+    /// The database URL with its password hidden, for messages and `check-config`.
+    pub fn database_url_redacted(&self) -> String {
+        redact_password(&self.database_url())
     }
 
     /// The listen address; `:5000` means every interface, as in registry:2.
@@ -994,5 +1013,26 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite://data/berth/metadata.db");
         let all = Config::load(None, env(&[("REGISTRY_HTTP_ADDR", ":5000")])).unwrap();
         assert!(all.addr().unwrap().ip().is_unspecified());
+    }
+
+    #[test]
+    fn a_password_of_digits_is_a_password() {
+        let c = Config::load(
+            None,
+            env(&[("REGISTRY_BERTH_AUTH_ADMIN_USERNAME", "root"), ("REGISTRY_BERTH_AUTH_ADMIN_PASSWORD", "12345678")]),
+        )
+        .unwrap();
+        let admin = c.berth.auth.admin.unwrap();
+        assert_eq!(admin.password, Secret("12345678".into()));
+        assert_eq!(format!("{admin:?}").matches("12345678").count(), 0, "the password is not shown");
+    }
+
+    #[test]
+    fn database_passwords_are_not_shown() {
+        let url = "postgres://berth:s3cr:et@db.example.org:5432/registry";
+        let c = Config::load(None, env(&[("REGISTRY_BERTH_DATABASE_URL", url)])).unwrap();
+        assert_eq!(c.database_url_redacted(), "postgres://berth:<redacted>@db.example.org:5432/registry");
+        assert_eq!(redact_password("postgres://db/registry"), "postgres://db/registry");
+        assert_eq!(redact_password("sqlite://data/a@b/metadata.db"), "sqlite://data/a@b/metadata.db");
     }
 }

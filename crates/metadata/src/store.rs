@@ -188,10 +188,12 @@ impl From<sqlx::Error> for PutManifestError {
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub repository: String,
-    /// Bytes the spool holds durably.
+    /// Bytes the blob store holds durably.
     pub size: u64,
     /// The hash state over those bytes as the registry saved it, if it did.
     pub hash_state: Option<Vec<u8>>,
+    /// The parts that hold them, in order, where the store keeps parts.
+    pub parts: Vec<String>,
 }
 
 pub fn now_millis() -> i64 {
@@ -649,39 +651,57 @@ impl MetadataStore {
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
-        let row = sqlx::query("SELECT repository, size, hash_state FROM uploads WHERE id = $1")
+        let row = sqlx::query("SELECT repository, size, hash_state, parts FROM uploads WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.read)
             .await?;
         row.map(|r| {
-            Ok(Upload { repository: r.try_get(0)?, size: r.try_get::<i64, _>(1)? as u64, hash_state: r.try_get(2)? })
+            let parts: String = r.try_get(3)?;
+            Ok(Upload {
+                repository: r.try_get(0)?,
+                size: r.try_get::<i64, _>(1)? as u64,
+                hash_state: r.try_get(2)?,
+                parts: parts.lines().map(str::to_owned).collect(),
+            })
         })
         .transpose()
     }
 
     /// Moves a session's durable offset from `from` to `to`, with the hash state over
-    /// the first `to` bytes. False when the session is gone or another request moved it
-    /// first: the caller's bytes are then not part of the upload.
+    /// the first `to` bytes and the part that holds the new bytes, if the store keeps
+    /// parts. False when the session is gone or another request moved it first: the
+    /// caller's bytes are then not part of the upload.
     ///
     /// This one commit does not wait for its own fsync (the `offsets` connection, or
     /// `synchronous_commit = off` for this transaction): a power loss can only make the
     /// recorded offset lag behind the durable spool, never run ahead of it, and a lagging
     /// offset costs the client a restarted chunk, not data. The next durable commit
     /// syncs it along with its own.
-    pub async fn advance_upload(&self, id: &str, from: u64, to: u64, hash_state: &[u8]) -> Result<bool> {
+    pub async fn advance_upload(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        hash_state: &[u8],
+        part: Option<&str>,
+    ) -> Result<bool> {
+        debug_assert!(part.is_none_or(|p| !p.contains('\n')));
         let mut tx = self.begin_on(&self.offsets).await?;
         if !self.sqlite {
             tx.conn().execute("SET LOCAL synchronous_commit = off").await?;
         }
-        let done =
-            sqlx::query("UPDATE uploads SET size = $3, hash_state = $5, updated_at = $4 WHERE id = $1 AND size = $2")
-                .bind(id)
-                .bind(from as i64)
-                .bind(to as i64)
-                .bind(now_millis())
-                .bind(hash_state)
-                .execute(tx.conn())
-                .await?;
+        let done = sqlx::query(
+            "UPDATE uploads SET size = $3, hash_state = $5, parts = parts || $6, updated_at = $4 \
+             WHERE id = $1 AND size = $2",
+        )
+        .bind(id)
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(now_millis())
+        .bind(hash_state)
+        .bind(part.map(|p| format!("{p}\n")).unwrap_or_default())
+        .execute(tx.conn())
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }

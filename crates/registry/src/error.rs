@@ -51,7 +51,14 @@ impl RegistryError {
 fn io_class(e: &io::Error) -> ErrorCode {
     match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::StorageFull,
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ErrorCode::Unavailable,
+        // A store that is slow, throttles or cannot be reached: the client may retry.
+        io::ErrorKind::TimedOut
+        | io::ErrorKind::WouldBlock
+        | io::ErrorKind::Interrupted
+        | io::ErrorKind::ResourceBusy
+        | io::ErrorKind::NetworkDown
+        | io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }

@@ -23,7 +23,7 @@ pub use uploads::UploadState;
 
 use berth_metadata::MetadataStore;
 use berth_proto::{Digest, ErrorCode, RepositoryName};
-use berth_storage::{BlobStore, ByteRange, ByteStream, Spool};
+use berth_storage::{BlobStore, ByteRange, ByteStream};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,6 @@ impl Default for Settings {
 
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
-    spool: Spool,
     meta: MetadataStore,
     settings: Settings,
     sessions: uploads::Sessions,
@@ -74,10 +73,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, spool: Spool, meta: MetadataStore, settings: Settings) -> Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: MetadataStore, settings: Settings) -> Registry {
         Registry {
             blobs,
-            spool,
             settings,
             sessions: uploads::Sessions::default(),
             caches: Arc::new(cache::Caches::new(meta.is_exclusive())),

@@ -44,12 +44,12 @@ impl Registry {
         }
         let grace = self.settings.orphan_grace;
         let sessions: HashMap<String, i64> = self.meta.uploads().await?.into_iter().collect();
-        let spools = self.spool.list().await?;
+        let spools = self.blobs.staged_uploads().await?;
         let now = SystemTime::now();
         for (name, modified) in &spools {
             let age = now.duration_since(*modified).unwrap_or(Duration::ZERO);
             if !sessions.contains_key(name) && age >= grace && !self.meta_has_upload(name).await? {
-                self.spool.delete(name).await?;
+                self.blobs.abort(name).await?;
                 done.spools += 1;
             }
         }
@@ -60,7 +60,7 @@ impl Registry {
                 continue;
             }
             let _guard = self.sessions.lock(id).await;
-            if !self.spool.exists(id).await? && self.meta.delete_upload(id).await? {
+            if !self.blobs.has_staging(id).await? && self.meta.delete_upload(id).await? {
                 done.sessions += 1;
             }
         }

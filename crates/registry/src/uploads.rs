@@ -1,10 +1,11 @@
-//! Upload sessions: chunks stream into a spool, the digest is verified on completion,
-//! and only a durable, verified blob is published and recorded.
+//! Upload sessions: chunks stream into the blob store's staging (a spool file, or part
+//! objects), the digest is verified on completion, and only a durable, verified blob is
+//! published and recorded.
 
 use crate::{Registry, RegistryError, Result};
 use berth_metadata::Upload;
 use berth_proto::{Algorithm, ByteRange, Digest, ErrorCode, Hasher, RepositoryName};
-use berth_storage::{AppendError, ByteStream, SpoolLock};
+use berth_storage::{AppendError, Appended, ByteStream, Staged, UploadLock};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +18,9 @@ pub struct UploadState {
 
 /// Per-session bookkeeping on this instance.
 ///
-/// `locks` serialises the chunks of one session (two appends must never write the same
-/// spool at once). An entry exists only while a request holds or waits for it, and only
+/// `locks` serialises the chunks of one session on this instance (two appends must never
+/// write the same spool at once; across instances the database's conditional update of
+/// the offset orders them). An entry exists only while a request holds or waits for it, and only
 /// for sessions that exist in the database, so unknown ids create no state at all. The
 /// hash state of a session is not kept here but in its database row, written with its
 /// offset, so any instance (or this one after a restart) continues any session.
@@ -63,6 +65,11 @@ fn saved_hasher(session: &Upload) -> Option<Hasher> {
     session.hash_state.as_deref().and_then(Hasher::restore)
 }
 
+/// What the store needs of a session's row.
+fn staged<'a>(id: &'a str, session: &'a Upload) -> Staged<'a> {
+    Staged { id, size: session.size, parts: &session.parts }
+}
+
 /// Session ids are UUIDs we issued; anything else is unknown without a lookup.
 fn valid_id(id: &str) -> bool {
     uuid::Uuid::try_parse(id).is_ok() && id.len() == 36
@@ -78,11 +85,11 @@ impl Registry {
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadState> {
         self.require_writable()?;
         let id = uuid::Uuid::new_v4().to_string();
-        self.spool.create(&id).await?;
+        self.blobs.create_upload(&id).await?;
         let s = &self.settings;
         let opened = self.meta.create_upload(&id, repo.as_str(), s.max_sessions_per_repository, s.max_sessions).await;
         if !matches!(opened, Ok(true)) {
-            self.spool.delete(&id).await?;
+            self.blobs.abort(&id).await?;
         }
         if !opened? {
             return Err(RegistryError::new(
@@ -109,16 +116,16 @@ impl Registry {
 
     /// Locks a session that exists, and returns it as of holding the lock.
     ///
-    /// Two locks: the in-process one queues this process's requests cheaply; the spool's
-    /// `flock` then orders them with other processes sharing the file system, and the
-    /// offset is read only once both are held. A session whose spool is gone is unknown:
-    /// a power cut can take a spool whose directory entry was not yet durable, or cut a
-    /// publish between moving the spool and the commit that closes the session. The
-    /// client starts the upload again.
-    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, SpoolLock, Upload)> {
-        self.session(repo, id).await?;
+    /// Two locks: the in-process one queues this process's requests cheaply; the store's
+    /// (a spool's `flock`) then orders them with other processes sharing the file system,
+    /// and the offset is read only once both are held. A session whose spool is gone is
+    /// unknown: a power cut can take a spool whose directory entry was not yet durable,
+    /// or cut a publish between moving the spool and the commit that closes the session.
+    /// The client starts the upload again.
+    async fn lock_session(&self, repo: &RepositoryName, id: &str) -> Result<(SessionGuard<'_>, UploadLock, Upload)> {
+        let before = self.session(repo, id).await?;
         let guard = self.sessions.lock(id).await;
-        let Some(spool) = self.spool.lock(id).await? else {
+        let Some(spool) = self.blobs.lock_upload(staged(id, &before)).await? else {
             self.session(repo, id).await?;
             tracing::warn!(session = id, "upload session lost its spool (a crash); it is unknown now");
             self.discard_upload(id).await?;
@@ -130,7 +137,7 @@ impl Registry {
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
         let offset = self.session(repo, id).await?.size;
-        if !self.spool.exists(id).await? {
+        if !self.blobs.has_staging(id).await? {
             // Finishing, or lost: the lock tells which.
             self.lock_session(repo, id).await?;
         }
@@ -147,27 +154,25 @@ impl Registry {
         body: ByteStream,
     ) -> Result<UploadState> {
         self.require_writable()?;
-        let (_guard, spool, session) = self.lock_session(repo, id).await?;
-        let (offset, _) = self.append_locked(id, &spool, &session, range, len, body).await?;
-        Ok(UploadState { id: id.to_owned(), offset })
+        let (_guard, lock, session) = self.lock_session(repo, id).await?;
+        let appended = self.append_locked(&lock, &session, range, len, body).await?;
+        Ok(UploadState { id: id.to_owned(), offset: appended.offset })
     }
 
-    /// Appends a chunk to a locked session; returns the new offset and the hash state
-    /// over the bytes before it.
+    /// Appends a chunk to a locked session and records it.
     async fn append_locked(
         &self,
-        id: &str,
-        spool: &SpoolLock,
+        lock: &UploadLock,
         session: &Upload,
         range: Option<ByteRange>,
         len: Option<u64>,
         body: ByteStream,
-    ) -> Result<(u64, Hasher)> {
+    ) -> Result<Appended> {
         let offset = session.size;
         let declared = chunk_length(offset, range, len)?;
         let room = self.room_after(offset, declared)?;
-        let hasher = self.hasher_at(id, offset, saved_hasher(session), Algorithm::Sha256).await?;
-        let appended = match self.spool.append(spool, offset, hasher, body, declared.or(room)).await {
+        let hasher = self.hasher_at(staged(lock.id(), session), saved_hasher(session), Algorithm::Sha256).await?;
+        let appended = match self.blobs.append(lock, offset, hasher, body, declared.or(room)).await {
             Ok(a) => a,
             Err(AppendError::Body(e)) => {
                 return Err(RegistryError::new(
@@ -184,16 +189,19 @@ impl Registry {
         let received = appended.offset - offset;
         if let Some(expected) = declared.filter(|&d| received != d) {
             // A declared length the body fell short of: the chunk is not part of the
-            // upload. The bytes past `offset` are cut by the next append or publish.
+            // upload.
+            self.blobs.drop_chunk(lock, &appended).await?;
             return Err(RegistryError::new(
                 ErrorCode::SizeInvalid,
                 format!("declared {expected} bytes, received {received}"),
             ));
         }
-        if !self.meta.advance_upload(id, offset, appended.offset, &appended.hasher.save()).await? {
+        let (hash_state, part) = (appended.hasher.save(), appended.part.as_deref());
+        if !self.meta.advance_upload(lock.id(), offset, appended.offset, &hash_state, part).await? {
+            self.blobs.drop_chunk(lock, &appended).await?;
             return Err(RegistryError::new(ErrorCode::RangeInvalid, "upload was modified concurrently"));
         }
-        Ok((appended.offset, appended.hasher))
+        Ok(appended)
     }
 
     /// How many more bytes a session at `offset` may take under the blob size limit;
@@ -212,14 +220,14 @@ impl Registry {
         RegistryError::new(ErrorCode::TooLarge, format!("blob exceeds the limit of {max} bytes"))
     }
 
-    /// The `alg` hash state over a session's first `size` bytes: `saved` if it is of
-    /// that algorithm, else (a session from before hash states were saved, or a digest
-    /// of the other algorithm) rebuilt from the spool.
-    async fn hasher_at(&self, id: &str, size: u64, saved: Option<Hasher>, alg: Algorithm) -> Result<Hasher> {
+    /// The `alg` hash state over a session's bytes: `saved` if it is of that algorithm,
+    /// else (a session from before hash states were saved, or a digest of the other
+    /// algorithm) rebuilt from the store.
+    async fn hasher_at(&self, upload: Staged<'_>, saved: Option<Hasher>, alg: Algorithm) -> Result<Hasher> {
         match saved {
             Some(h) if h.algorithm() == alg => Ok(h),
-            _ if size == 0 => Ok(Hasher::new(alg)),
-            _ => Ok(self.spool.rehash(id, size, alg).await?),
+            _ if upload.size == 0 => Ok(Hasher::new(alg)),
+            _ => Ok(self.blobs.rehash(upload, alg).await?),
         }
     }
 
@@ -233,15 +241,18 @@ impl Registry {
         body: Option<ByteStream>,
     ) -> Result<u64> {
         self.require_writable()?;
-        let (_guard, spool, session) = self.lock_session(repo, id).await?;
-        let (offset, saved) = match body {
+        let (_guard, lock, mut session) = self.lock_session(repo, id).await?;
+        let saved = match body {
             Some(body) => {
-                let (offset, hasher) = self.append_locked(id, &spool, &session, None, len, body).await?;
-                (offset, Some(hasher))
+                let appended = self.append_locked(&lock, &session, None, len, body).await?;
+                session.size = appended.offset;
+                session.parts.extend(appended.part);
+                Some(appended.hasher)
             }
-            None => (session.size, saved_hasher(&session)),
+            None => saved_hasher(&session),
         };
-        let actual = self.hasher_at(id, offset, saved, digest.algorithm()).await?.finish();
+        let upload = staged(id, &session);
+        let actual = self.hasher_at(upload, saved, digest.algorithm()).await?.finish();
         if &actual != digest {
             self.discard_upload(id).await?;
             return Err(RegistryError::new(
@@ -250,7 +261,8 @@ impl Registry {
             )
             .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
-        self.blobs.publish(&self.spool, id, digest, offset).await?;
+        self.blobs.complete(upload, digest).await?;
+        let offset = session.size;
         let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
         let id = id.to_owned();
         self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, Some(&id)).await }).await??;
@@ -264,10 +276,10 @@ impl Registry {
         self.discard_upload(id).await
     }
 
-    /// Spool first: its bytes are what a full disk needs back, and a session whose
+    /// Staged bytes first: they are what a full disk needs back, and a session whose
     /// spool is gone is already unknown if deleting the row then fails.
     pub(crate) async fn discard_upload(&self, id: &str) -> Result<()> {
-        self.spool.delete(id).await?;
+        self.blobs.abort(id).await?;
         self.meta.delete_upload(id).await?;
         Ok(())
     }

@@ -7,32 +7,32 @@
 
 use crate::local::{blocking, create_dir_durable, read_file, remove_if_exists, sync_dir};
 use crate::spool::Spool;
-use crate::{blob_key, BlobStore, ByteRange, ByteStream};
-use berth_proto::Digest;
+use crate::{blob_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock};
+use berth_proto::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 #[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
-    /// Where small objects are staged before their rename: the spool directory, which is
-    /// on the same filesystem.
-    staging: PathBuf,
+    /// Upload sessions' bytes, and small objects staged before their rename: on the same
+    /// filesystem as the blobs.
+    spool: Spool,
 }
 
 impl FsBlobStore {
     /// Opens (creating if needed) a store under `root`.
     pub fn open(root: &Path) -> io::Result<FsBlobStore> {
         create_dir_durable(&root.join("docker/registry/v2/blobs"))?;
-        let staging = Self::spool_dir(root);
-        create_dir_durable(&staging)?;
-        Ok(FsBlobStore { root: root.to_owned(), staging })
+        let spool = Spool::open(&Self::spool_dir(root))?;
+        Ok(FsBlobStore { root: root.to_owned(), spool })
     }
 
-    /// The spool directory to use with this store: inside `root`, so that publishing is
-    /// a rename on one filesystem.
+    /// The spool directory of this store: inside `root`, so that publishing is a rename
+    /// on one filesystem.
     pub fn spool_dir(root: &Path) -> PathBuf {
         root.join("berth/uploads")
     }
@@ -58,18 +58,61 @@ impl FsBlobStore {
 
 #[async_trait::async_trait]
 impl BlobStore for FsBlobStore {
-    async fn publish(&self, spool: &Spool, id: &str, digest: &Digest, size: u64) -> io::Result<()> {
-        let (this, spool, id, digest) = (self.clone(), spool.clone(), id.to_owned(), digest.clone());
+    async fn create_upload(&self, id: &str) -> io::Result<()> {
+        self.spool.create(id).await
+    }
+
+    async fn lock_upload(&self, upload: Staged<'_>) -> io::Result<Option<UploadLock>> {
+        let spool = self.spool.lock(upload.id).await?;
+        Ok(spool.map(|spool| UploadLock { id: upload.id.to_owned(), spool: Some(spool) }))
+    }
+
+    async fn append(
+        &self,
+        upload: &UploadLock,
+        offset: u64,
+        hasher: Hasher,
+        body: ByteStream,
+        max_len: Option<u64>,
+    ) -> Result<Appended, AppendError> {
+        let spool = upload.spool.as_ref().expect("filesystem sessions are locked by their spool");
+        self.spool.append(spool, offset, hasher, body, max_len).await
+    }
+
+    /// Nothing to do: bytes past the recorded offset are cut by the next append or by
+    /// the publish.
+    async fn drop_chunk(&self, _upload: &UploadLock, _chunk: &Appended) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn rehash(&self, upload: Staged<'_>, algorithm: Algorithm) -> io::Result<Hasher> {
+        self.spool.rehash(upload.id, upload.size, algorithm).await
+    }
+
+    async fn complete(&self, upload: Staged<'_>, digest: &Digest) -> io::Result<()> {
+        let (this, id, size, digest) = (self.clone(), upload.id.to_owned(), upload.size, digest.clone());
         blocking(move || {
-            spool.truncate_to(&id, size)?;
-            this.publish_file(&spool.path(&id), &digest)
+            this.spool.truncate_to(&id, size)?;
+            this.publish_file(&this.spool.path(&id), &digest)
         })
         .await
     }
 
+    async fn abort(&self, id: &str) -> io::Result<()> {
+        self.spool.delete(id).await
+    }
+
+    async fn staged_uploads(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        self.spool.list().await
+    }
+
+    async fn has_staging(&self, id: &str) -> io::Result<bool> {
+        self.spool.exists(id).await
+    }
+
     async fn put_bytes(&self, digest: &Digest, data: Bytes) -> io::Result<()> {
         let (this, digest) = (self.clone(), digest.clone());
-        let staged = self.staging.join(uuid::Uuid::new_v4().to_string());
+        let staged = self.spool.path(&uuid::Uuid::new_v4().to_string());
         blocking(move || {
             let written = File::create(&staged).and_then(|mut f| {
                 f.write_all(&data)?;
@@ -107,8 +150,8 @@ mod tests {
     async fn conforms_and_uses_the_registry2_layout() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
-        let spool_dir = FsBlobStore::spool_dir(dir.path());
-        crate::tests::conformance(&store, &Spool::open(&spool_dir).unwrap(), &spool_dir).await;
+        crate::tests::conformance(&store).await;
+        crate::tests::spool_behaviour(&store, &FsBlobStore::spool_dir(dir.path())).await;
         let digest = Digest::of(Algorithm::Sha256, b"hello world");
         let hex = digest.hex();
         let on_disk = dir.path().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));

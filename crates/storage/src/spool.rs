@@ -20,19 +20,19 @@ use std::time::SystemTime;
 const BATCH: usize = 1024 * 1024;
 
 /// A session's spool, locked by one request (see [`Spool::lock`]) until dropped.
-pub struct SpoolLock {
+pub(crate) struct SpoolLock {
     file: File,
 }
 
 /// The local directory of upload spools.
 #[derive(Clone)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool directory.
-    pub fn open(dir: &Path) -> io::Result<Spool> {
+    pub(crate) fn open(dir: &Path) -> io::Result<Spool> {
         create_dir_durable(dir)?;
         Ok(Spool { dir: dir.to_owned() })
     }
@@ -45,7 +45,7 @@ impl Spool {
     }
 
     /// Creates the empty spool of a new upload session.
-    pub async fn create(&self, id: &str) -> io::Result<()> {
+    pub(crate) async fn create(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
         blocking(move || File::create(path).map(drop)).await
     }
@@ -57,7 +57,7 @@ impl Spool {
     /// vanished) while a batch of its body is still being written on the blocking pool:
     /// that batch holds a duplicate of the locked descriptor, so the next request waits
     /// for it instead of cutting or extending the spool under it.
-    pub async fn lock(&self, id: &str) -> io::Result<Option<SpoolLock>> {
+    pub(crate) async fn lock(&self, id: &str) -> io::Result<Option<SpoolLock>> {
         let path = self.path(id);
         blocking(move || match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) => {
@@ -77,7 +77,7 @@ impl Spool {
     ///
     /// Batches are hashed and written on the blocking pool while the next batch arrives
     /// from the socket; no thread is held while the client is slow.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         spool: &SpoolLock,
         offset: u64,
@@ -101,7 +101,7 @@ impl Spool {
                     let dir = self.dir.clone();
                     blocking(move || sync_dir(&dir)).await?;
                 }
-                Ok(Appended { offset: end, hasher })
+                Ok(Appended { offset: end, hasher, part: None })
             }
             Err(e) => {
                 let file = spool.file.try_clone()?;
@@ -113,7 +113,7 @@ impl Spool {
 
     /// Rebuilds the hash state of the first `len` bytes (after a restart, or when another
     /// instance received the earlier chunks).
-    pub async fn rehash(&self, id: &str, len: u64, algorithm: Algorithm) -> io::Result<Hasher> {
+    pub(crate) async fn rehash(&self, id: &str, len: u64, algorithm: Algorithm) -> io::Result<Hasher> {
         let path = self.path(id);
         blocking(move || {
             let mut hasher = Hasher::new(algorithm);
@@ -145,7 +145,7 @@ impl Spool {
 
     /// Every spool (and staged object) with the time it was last written: for finding
     /// crash leftovers that belong to no session.
-    pub async fn list(&self) -> io::Result<Vec<(String, SystemTime)>> {
+    pub(crate) async fn list(&self) -> io::Result<Vec<(String, SystemTime)>> {
         let dir = self.dir.clone();
         blocking(move || {
             let mut out = Vec::new();
@@ -161,7 +161,7 @@ impl Spool {
         .await
     }
 
-    pub async fn exists(&self, id: &str) -> io::Result<bool> {
+    pub(crate) async fn exists(&self, id: &str) -> io::Result<bool> {
         tokio::fs::try_exists(self.path(id)).await
     }
 
@@ -170,7 +170,7 @@ impl Spool {
     /// The spool is emptied first: the caller's [`SpoolLock`] keeps the file open, and
     /// an unlinked file's blocks stay allocated until its last descriptor closes, while
     /// a full disk needs them back now (to record that the session is gone).
-    pub async fn delete(&self, id: &str) -> io::Result<()> {
+    pub(crate) async fn delete(&self, id: &str) -> io::Result<()> {
         let path = self.path(id);
         blocking(move || {
             match OpenOptions::new().write(true).open(&path) {

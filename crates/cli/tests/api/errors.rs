@@ -123,3 +123,31 @@ async fn unknown_endpoints_and_methods() {
         s.send(method.clone(), path, &[], None).await.error(405, "UNSUPPORTED");
     }
 }
+
+/// An object store that cannot be reached is an outage, not a bug: writes and reads
+/// answer 503 `UNAVAILABLE` with `Retry-After`, after the store's retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_object_store_answers_503_with_retry_after() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = Server::with_env(&[
+        ("REGISTRY_STORAGE_S3_BUCKET", "berth-test"),
+        ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &endpoint),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", "test"),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", "test"),
+    ])
+    .await;
+    let data = b"a layer that cannot be stored";
+    let path = format!("/v2/down/blobs/uploads/?digest={}", sha256(data));
+    let resp = server.send(Method::POST, &path, &[], Some(data.to_vec())).await;
+    resp.error(503, "UNAVAILABLE").has("retry-after", "5");
+    let resp = server.get(&format!("/v2/down/blobs/{}", sha256(data))).await;
+    assert_eq!(resp.status, 404, "nothing was recorded, so the blob is unknown without asking the store");
+    let resp = server.send(Method::POST, "/v2/down/blobs/uploads/", &[], None).await;
+    resp.status(202);
+    let location = resp.header("location").to_owned();
+    let resp = server.send(Method::PATCH, &server.path_of(&location), &[], Some(data.to_vec())).await;
+    resp.error(503, "UNAVAILABLE").has("retry-after", "5");
+}
