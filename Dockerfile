@@ -33,7 +33,8 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/berth /usr/local/bin/berth
 USER berth
 WORKDIR /var/lib/berth
-# Blobs (filesystem storage), the SQLite database and upload spools live here.
+# Blobs and upload spools (filesystem storage) and the SQLite database live here; with an
+# object store and PostgreSQL nothing is written here.
 VOLUME /var/lib/berth
 EXPOSE 5000
 # Listening on :5000 needs authentication configured (auth.htpasswd, berth.auth.token,

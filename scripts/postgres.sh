@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server on loopback for the tests.
-#   scripts/postgres.sh start DIR PORT   initialises DIR, starts the server, prints its URL
+#   scripts/postgres.sh start DIR PORT   initialises DIR (unless it holds a cluster already: a
+#                                        restart), starts the server, prints its URL
 #   scripts/postgres.sh stop DIR         stops it (pg_ctl, by the PID in its pid file)
 # The server runs as the `postgres` user the Debian package creates (initdb refuses root),
 # so DIR's parent directories must be searchable by that user.
@@ -15,7 +16,7 @@ case "${1:-}" in
     dir=$2 port=$3
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown postgres: "$dir"
-    as_pg "$bin/initdb" -D "$dir/data" -U berth --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    [ -f "$dir/data/PG_VERSION" ] || as_pg "$bin/initdb" -D "$dir/data" -U berth --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
     # fsync stays on: the tests exercise the durability settings the registry relies on.
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \

@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => format!("filesystem at {}", root.display()),
             };
-            println!("storage: {storage}; uploads spooled under {}", root.display());
+            println!("storage: {storage}");
             println!("metadata: {}", config.database_url_redacted());
             println!("delete enabled: {}", config.storage.delete.enabled);
             Ok(())

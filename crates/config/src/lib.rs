@@ -720,8 +720,8 @@ pub struct Uploads {
     pub maxsessions: u64,
     /// Open upload sessions allowed in one repository.
     pub maxsessionsperrepository: u64,
-    /// Age after which a spool without a session, or a session without a spool, is a
-    /// crash leftover and removed.
+    /// Age after which staged bytes without a session (a spool, part objects), or a
+    /// session whose bytes are gone, are a crash leftover and removed.
     #[serde(with = "duration")]
     pub orphangrace: Duration,
 }

@@ -1,5 +1,5 @@
 //! Housekeeping of upload sessions: purging idle ones and reconciling what a crash can
-//! leave behind (a spool without a session, a session without a spool).
+//! leave behind (staged bytes without a session, a session without its staged bytes).
 
 use crate::{Registry, Result};
 use std::collections::{HashMap, HashSet};

@@ -1,10 +1,10 @@
-//! Content-addressed blob storage and upload spools.
+//! Content-addressed blob storage and the upload sessions that fill it.
 //!
-//! [`Spool`] holds upload sessions' bytes on local disk while they arrive; [`BlobStore`]
-//! is the narrow interface through which verified uploads are published and blobs read.
-//! Neither knows repositories or registry rules. [`FsBlobStore`] implements it on a
-//! local (or shared) filesystem, [`ObjectBlobStore`] on any Apache OpenDAL service (S3,
-//! GCS, Azure Blob, Swift, ...); both keep blobs under registry:2's keys.
+//! [`BlobStore`] is the narrow interface through which upload sessions take their chunks,
+//! verified uploads are published and blobs are read; it knows no repositories or registry
+//! rules. [`FsBlobStore`] implements it on a local (or shared) filesystem, with a spool file
+//! per session; [`ObjectBlobStore`] on Apache OpenDAL's services (S3, GCS, Azure Blob), with
+//! a part object per chunk. Both keep blobs under registry:2's keys.
 
 mod fs;
 mod lane;
@@ -19,10 +19,10 @@ use spool::SpoolLock;
 
 pub use berth_proto::ByteRange;
 use berth_proto::{Algorithm, Digest, Hasher};
-use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use std::io;
+use std::time::SystemTime;
 
 /// A stream of body bytes. Errors from the client side (a dropped connection, a body
 /// that ends early) arrive as `Err` items.

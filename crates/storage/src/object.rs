@@ -166,30 +166,36 @@ impl ObjectBlobStore {
     /// Every write here is idempotent (content-addressed keys, parts of unique names), so
     /// a retry never changes a result.
     fn on(op: Operator, part_size: usize, redirect: bool, server_copy: bool) -> io::Result<ObjectBlobStore> {
-        let op = op
-            .layer(opendal::layers::TimeoutLayer::new())
-            .layer(
-                opendal::layers::RetryLayer::new()
-                    .with_jitter()
-                    .with_min_delay(std::time::Duration::from_millis(100))
-                    .with_max_delay(std::time::Duration::from_secs(2))
-                    .with_max_times(4),
-            );
+        let op = op.layer(opendal::layers::TimeoutLayer::new()).layer(
+            opendal::layers::RetryLayer::new()
+                .with_jitter()
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .with_max_times(4),
+        );
         let redirect_for = redirect.then_some(REDIRECT_FOR);
         Ok(ObjectBlobStore { op, part_size: part_size.max(MIN_PART_SIZE), redirect_for, server_copy })
     }
 
-    /// Writes `parts` in order at `key`: one part by a copy, parts that may each be a
-    /// piece of a multipart upload (all but the last at least [`MIN_PART_SIZE`]) by
-    /// copies into one, where the store copies on its side; otherwise by streaming them.
+    /// Writes `parts` in order at `key`: one part (of at most one copy's size) by a copy,
+    /// parts that may each be a piece of a multipart upload (all but the last at least
+    /// [`MIN_PART_SIZE`]) by copies into one, where the store copies on its side;
+    /// otherwise by streaming them.
     async fn compose(&self, id: &str, parts: &[String], key: &str) -> io::Result<()> {
-        let keys: Vec<String> = parts.iter().map(|p| part_key(id, p)).collect();
-        if let ([one], true) = (&keys[..], self.server_copy) {
-            self.op.copy(one, key).await.map_err(typed)?;
-            return Ok(());
+        let mut sized = Vec::with_capacity(parts.len());
+        for p in parts {
+            let k = part_key(id, p);
+            let size = self.op.stat(&k).await.map_err(typed)?.content_length();
+            sized.push((k, size));
+        }
+        if let ([(one, size)], true) = (&sized[..], self.server_copy) {
+            if *size <= COPY_PIECE {
+                self.op.copy(one, key).await.map_err(typed)?;
+                return Ok(());
+            }
         }
         let mut writer = self.op.writer_with(key).chunk(self.part_size).content_type(BLOB_TYPE).await.map_err(typed)?;
-        let written = self.write_parts(&mut writer, &keys).await;
+        let written = self.write_parts(&mut writer, &sized).await;
         match written {
             Ok(()) => writer.close().await.map(drop).map_err(typed),
             Err(e) => {
@@ -199,22 +205,14 @@ impl ObjectBlobStore {
         }
     }
 
-    async fn write_parts(&self, writer: &mut opendal::Writer, keys: &[String]) -> io::Result<()> {
-        let mut sizes = Vec::with_capacity(keys.len());
-        for k in keys {
-            sizes.push(self.op.stat(k).await.map_err(typed)?.content_length());
-        }
+    async fn write_parts(&self, writer: &mut opendal::Writer, parts: &[(String, u64)]) -> io::Result<()> {
         let copyable = self.server_copy
             && self.op.info().capability().write_can_copy_from
-            && sizes.iter().rev().skip(1).all(|&n| n >= MIN_PART_SIZE as u64);
-        for (k, &size) in keys.iter().zip(&sizes) {
+            && parts.iter().rev().skip(1).all(|&(_, n)| n >= MIN_PART_SIZE as u64);
+        for (k, size) in parts {
             if copyable {
-                // A copied piece is at most 5 GiB.
-                let mut start = 0;
-                while start < size {
-                    let end = size.min(start + COPY_PIECE);
-                    writer.copy_from(k, start..end).await.map_err(typed)?;
-                    start = end;
+                for range in copy_pieces(*size) {
+                    writer.copy_from(k, range).await.map_err(typed)?;
                 }
             } else {
                 let mut data = self.op.reader(k).await.map_err(typed)?.into_bytes_stream(..).await.map_err(typed)?;
@@ -230,14 +228,24 @@ impl ObjectBlobStore {
     async fn read_parts(&self, id: &str, parts: &[String]) -> io::Result<ByteStream> {
         let mut streams = Vec::with_capacity(parts.len());
         for p in parts {
-            streams.push(self.op.reader(&part_key(id, p)).await.map_err(typed)?.into_bytes_stream(..).await.map_err(typed)?);
+            streams.push(
+                self.op.reader(&part_key(id, p)).await.map_err(typed)?.into_bytes_stream(..).await.map_err(typed)?,
+            );
         }
         Ok(futures_util::stream::iter(streams).flatten().boxed())
     }
 }
 
-/// The largest range one server-side copy into a multipart upload may take.
+/// The largest range one server-side copy (or copy into a multipart upload) may take.
 const COPY_PIECE: u64 = 5 << 30;
+
+/// A part cut into ranges of equal size, each at most [`COPY_PIECE`]: equal, so that no
+/// piece in the middle of a multipart upload falls below its smallest part.
+fn copy_pieces(size: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
+    let count = size.div_ceil(COPY_PIECE).max(1);
+    let piece = size.div_ceil(count).max(1);
+    (0..size).step_by(usize::try_from(piece).unwrap_or(usize::MAX)).map(move |start| start..size.min(start + piece))
+}
 
 /// Where the parts of upload sessions live: registry:2 keeps its uploads elsewhere
 /// (`repositories/<name>/_uploads`), so neither ever reads the other's.
@@ -428,6 +436,21 @@ mod tests {
     use super::*;
     use berth_proto::Algorithm;
 
+    #[test]
+    fn copy_pieces_cover_a_part_in_equal_ranges_within_one_copy() {
+        let pieces = |size| copy_pieces(size).collect::<Vec<_>>();
+        assert_eq!(pieces(0), Vec::<std::ops::Range<u64>>::new());
+        assert_eq!(pieces(7), vec![0..7]);
+        assert_eq!(pieces(COPY_PIECE), vec![0..COPY_PIECE]);
+        // One byte over: two halves, not a full copy and a one-byte piece.
+        let half = COPY_PIECE / 2 + 1;
+        assert_eq!(pieces(COPY_PIECE + 1), vec![0..half, half..COPY_PIECE + 1]);
+        let big = pieces(3 * COPY_PIECE + 5);
+        assert_eq!(big.len(), 4);
+        assert!(big.windows(2).all(|w| w[0].end == w[1].start) && big[3].end == 3 * COPY_PIECE + 5);
+        assert!(big.iter().all(|r| r.end - r.start <= COPY_PIECE && r.end - r.start >= MIN_PART_SIZE as u64));
+    }
+
     #[tokio::test]
     async fn conforms_on_opendal_memory() {
         let op = Operator::new(opendal::services::Memory::default()).unwrap();
@@ -526,7 +549,8 @@ mod tests {
         let (mut offset, mut hasher, mut parts) = (0, berth_proto::Hasher::new(Algorithm::Sha256), Vec::new());
         for chunk in [&data[..MIN_PART_SIZE * 3 / 2], &data[MIN_PART_SIZE * 3 / 2..]] {
             let pieces: Vec<io::Result<Bytes>> = chunk.chunks(1 << 20).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-            let a = store.append(&lock, offset, hasher, futures_util::stream::iter(pieces).boxed(), None).await.unwrap();
+            let a =
+                store.append(&lock, offset, hasher, futures_util::stream::iter(pieces).boxed(), None).await.unwrap();
             (offset, hasher) = (a.offset, a.hasher);
             parts.extend(a.part);
         }

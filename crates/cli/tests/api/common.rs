@@ -188,7 +188,6 @@ fn postgres_database_for(root: &Path) -> Option<String> {
 
 /// Whether the suite keeps blobs in S3 (`BERTH_TEST_S3` set to an S3 server's endpoint
 /// with a bucket `berth-test`, as `scripts/s3.sh` starts it) rather than on the filesystem.
-#[allow(dead_code)] // for tests that only make sense on one backend
 pub fn on_s3() -> bool {
     std::env::var_os("BERTH_TEST_S3").is_some()
 }

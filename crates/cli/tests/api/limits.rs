@@ -58,8 +58,12 @@ async fn open_sessions_are_limited_per_repository_and_in_total() {
     s.send(Method::POST, "/v2/c/blobs/uploads/", &[], None).await.error(429, "TOOMANYREQUESTS");
     s.delete(&a1).await.status(204);
     s.post_blob("a", &d, b"x").await.status(201);
-    let spools = std::fs::read_dir(s.root_path().join("berth/uploads")).unwrap().count();
-    assert_eq!(spools, 2, "only the two open sessions have spools: refused ones left none");
+    if !on_s3() {
+        // Spool files are the filesystem's; in a bucket a session has parts only once it
+        // has bytes (the storage suite checks those on every backend).
+        let spools = std::fs::read_dir(s.root_path().join("berth/uploads")).unwrap().count();
+        assert_eq!(spools, 2, "only the two open sessions have spools: refused ones left none");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

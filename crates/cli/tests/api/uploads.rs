@@ -346,12 +346,19 @@ async fn purge_idle_uploads() {
     assert_eq!(purged, 1);
     s.get(&session).await.error(404, "BLOB_UPLOAD_UNKNOWN");
     s.patch(&session, b"more", None).await.error(404, "BLOB_UPLOAD_UNKNOWN");
-    let leftovers = std::fs::read_dir(s.root_path().join("berth/uploads")).unwrap().count();
-    assert_eq!(leftovers, 0, "spool files remain after purge");
+    if !on_s3() {
+        let leftovers = std::fs::read_dir(s.root_path().join("berth/uploads")).unwrap().count();
+        assert_eq!(leftovers, 0, "spool files remain after purge");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_leftovers_are_reconciled_at_start_up() {
+    if on_s3() {
+        // What a crash leaves of spool files; leftovers in a bucket are listed and
+        // removed through the same store calls, which the storage suite checks there.
+        return;
+    }
     let s = Server::start().await;
     let kept = s.start_upload("left").await;
     s.patch(&kept, b"kept", None).await.status(202);
