@@ -9,6 +9,7 @@ Clients get the spec's 503 `UNAVAILABLE` with `Retry-After` (never a 500), or su
 afterwards every push that was acknowledged pulls back bit-identical, and every blob a failed
 push sent is either unknown or whole. Needs BERTH_TEST_POSTGRES (scripts/postgres.sh); S3 is
 BERTH_TEST_S3 or a server of scripts/s3.sh."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -30,47 +31,57 @@ pytestmark = [
 SEED = int(os.environ.get("FAULT_SEED", "8"))
 
 
-def berth_on(workdir: str, s3: str, database: str) -> RegistryServer:
+@contextlib.contextmanager
+def berth_on(workdir: str, s3: str, database: str):
+    """A Berth on `s3` and `database`; its errors are shown if the test fails."""
     srv = RegistryServer("berth", workdir)
     srv.extra_env = {"REGISTRY_BERTH_DATABASE_URL": database,
                      **s3_env(s3, "/faults-" + uuid.uuid4().hex[:12], redirect=False)}
     srv.start()
-    return srv
+    try:
+        yield srv
+    except AssertionError as e:
+        errors = [line[:600] for line in srv.log_text(limit=1 << 30).splitlines() if "ERROR" in line]
+        raise AssertionError("\n".join([str(e), "--- berth's errors ---", *errors[-20:]])) from e
+    finally:
+        srv.stop()
 
 
 def refusals(pushers) -> list:
     return [r for p in pushers for r in p.refusals]
 
 
-def assert_only_unavailable(pushers) -> None:
-    """Every push that failed was told to come back later, in the spec's words."""
+def push_through(url: str, fault: str, begin, end) -> tuple[list, list]:
+    """Pushes in calm, then `begin()`s a fault and keeps pushing until pushes are refused,
+    `end()`s it and pushes on; then checks that every push that failed was told to come back
+    later, in the spec's words, and that nothing was lost or half written."""
+    def phases(pushers, acked):
+        wait_for(lambda: len(acked) >= 3, 120, f"pushes before the {fault}")
+        begin()
+        wait_for(lambda: len(refusals(pushers)) >= 3, 180, f"pushes refused in the {fault}")
+        end()
+        at_end = len(acked)
+        wait_for(lambda: len(acked) >= at_end + 3, 120, f"pushes after the {fault}")
+
+    pushers, acked = run_pushers(url, 4, phases)
     for r in refusals(pushers):
         assert (r.status, r.codes) == (503, ["UNAVAILABLE"]) and r.retry_after, r
     assert not any(p.broken_connections for p in pushers), "Berth stayed up: no connection broke"
+    check_acknowledged_intact([url], acked)
+    check_nothing_half_written(url, pushers)
+    print(f"{len(acked)} pushes acknowledged, {len(refusals(pushers))} refused in the {fault}")
+    return pushers, acked
 
 
 def test_object_store_errors_and_latency(workdir, s3_endpoint):  # noqa: F811 (the fixture imported above)
     print(f"fault seed {SEED} (FAULT_SEED replays)")
     with FaultProxy(s3_endpoint, SEED) as proxy:
-        srv = berth_on(workdir, proxy.url, fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"]))
-        try:
-            def storm(pushers, acked):
-                wait_for(lambda: len(acked) >= 3, 120, "pushes in calm")
-                proxy.faults.set(refuse=0.5, lose_answer=0.15, max_delay=0.05)
-                wait_for(lambda: len(refusals(pushers)) >= 3, 180, "pushes refused in the storm")
-                proxy.faults.set()
-                at_calm = len(acked)
-                wait_for(lambda: len(acked) >= at_calm + 3, 120, "pushes after the storm")
-
-            pushers, acked = run_pushers(srv.url, 4, storm)
+        with berth_on(workdir, proxy.url, fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"])) as srv:
+            push_through(srv.url, "storm", lambda: proxy.faults.set(refuse=0.5, lose_answer=0.15, max_delay=0.05),
+                         proxy.faults.set)
             counts = dict(proxy.faults.counts)
             assert counts["refused"] > 0 and counts["answer_lost"] > 0, counts
-            assert_only_unavailable(pushers)
-            check_acknowledged_intact([srv.url], acked)
-            check_nothing_half_written(srv.url, pushers)
-            print(f"{len(acked)} pushes acknowledged, {len(refusals(pushers))} refused; store requests: {counts}")
-        finally:
-            srv.stop()
+            print(f"store requests: {counts}")
 
 
 @pytest.fixture
@@ -96,20 +107,5 @@ def own_postgres():
 
 def test_postgres_restarted_mid_push(workdir, s3_endpoint, own_postgres):  # noqa: F811
     start, stop = own_postgres
-    srv = berth_on(workdir, s3_endpoint, start())
-    try:
-        def restart(pushers, acked):
-            wait_for(lambda: len(acked) >= 3, 120, "pushes before the restart")
-            stop()
-            wait_for(lambda: len(refusals(pushers)) >= 3, 120, "pushes refused while the database is down")
-            start()
-            at_start = len(acked)
-            wait_for(lambda: len(acked) >= at_start + 5, 120, "pushes after the restart")
-
-        pushers, acked = run_pushers(srv.url, 4, restart)
-        assert_only_unavailable(pushers)
-        check_acknowledged_intact([srv.url], acked)
-        check_nothing_half_written(srv.url, pushers)
-        print(f"{len(acked)} pushes acknowledged, {len(refusals(pushers))} refused while the database was down")
-    finally:
-        srv.stop()
+    with berth_on(workdir, s3_endpoint, start()) as srv:
+        push_through(srv.url, "database outage", stop, start)

@@ -215,7 +215,7 @@ impl ObjectBlobStore {
                     writer.copy_from(k, range).await.map_err(typed)?;
                 }
             } else {
-                let mut data = self.op.reader(k).await.map_err(typed)?.into_bytes_stream(..).await.map_err(typed)?;
+                let mut data = self.stream(k, ..).await?;
                 while let Some(chunk) = data.try_next().await? {
                     writer.write(chunk).await.map_err(typed)?;
                 }
@@ -228,11 +228,17 @@ impl ObjectBlobStore {
     async fn read_parts(&self, id: &str, parts: &[String]) -> io::Result<ByteStream> {
         let mut streams = Vec::with_capacity(parts.len());
         for p in parts {
-            streams.push(
-                self.op.reader(&part_key(id, p)).await.map_err(typed)?.into_bytes_stream(..).await.map_err(typed)?,
-            );
+            streams.push(self.stream(&part_key(id, p), ..).await?);
         }
         Ok(futures_util::stream::iter(streams).flatten().boxed())
+    }
+
+    /// An object's bytes (or a range of them), with errors typed also when they happen in
+    /// the middle of the stream: a store that throttles a read half-way is as retryable
+    /// as one that throttles it at the start.
+    async fn stream(&self, key: &str, range: impl std::ops::RangeBounds<u64>) -> io::Result<ByteStream> {
+        let reader = self.op.reader(key).await.map_err(typed)?;
+        Ok(reader.into_bytes_stream(range).await.map_err(typed)?.map_err(retyped).boxed())
     }
 }
 
@@ -379,12 +385,11 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn read(&self, digest: &Digest, range: Option<ByteRange>) -> io::Result<ByteStream> {
-        let reader = self.op.reader(&blob_key(digest)).await.map_err(typed)?;
-        let stream = match range {
-            Some(r) => reader.into_bytes_stream(r.start..r.end + 1).await.map_err(typed)?,
-            None => reader.into_bytes_stream(..).await.map_err(typed)?,
-        };
-        Ok(stream.boxed())
+        let key = blob_key(digest);
+        match range {
+            Some(r) => self.stream(&key, r.start..r.end + 1).await,
+            None => self.stream(&key, ..).await,
+        }
     }
 
     async fn redirect_url(&self, digest: &Digest) -> io::Result<Option<String>> {
@@ -424,6 +429,17 @@ fn typed(e: opendal::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// [`typed`] for an error OpenDAL raised inside a stream, where it arrives as an
+/// `io::Error` of kind `Other` around the OpenDAL error.
+fn retyped(e: io::Error) -> io::Error {
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<opendal::Error>()) {
+        Some(Ok(dal)) => typed(*dal),
+        Some(Err(other)) => io::Error::new(kind, other),
+        None => io::Error::from(kind),
+    }
+}
+
 /// OpenDAL's HTTP client for every object store, on rustls with the ring provider the
 /// rest of the process uses. Both installs keep whatever was installed first.
 fn install_http_client() {
@@ -435,6 +451,18 @@ fn install_http_client() {
 mod tests {
     use super::*;
     use berth_proto::Algorithm;
+
+    #[test]
+    fn errors_inside_a_stream_are_typed_like_the_others() {
+        let throttled = io::Error::from(opendal::Error::new(ErrorKind::RateLimited, "slow down"));
+        assert_eq!(throttled.kind(), io::ErrorKind::Other, "as OpenDAL's streams raise it");
+        assert_eq!(retyped(throttled).kind(), io::ErrorKind::ResourceBusy);
+        let lost = io::Error::from(opendal::Error::new(ErrorKind::NotFound, "gone"));
+        assert_eq!(retyped(lost).kind(), io::ErrorKind::NotFound);
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "peer");
+        assert_eq!(retyped(reset).kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(retyped(io::ErrorKind::TimedOut.into()).kind(), io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn copy_pieces_cover_a_part_in_equal_ranges_within_one_copy() {
