@@ -3,10 +3,12 @@
 # automatic cross-mount on: Berth mounts a known blob when `from` is omitted) against a
 # fresh Berth on the filesystem and, with BERTH_TEST_S3 set (an S3 endpoint with the bucket
 # berth-test, as scripts/s3.sh starts it), again with blobs in S3 and downloads redirected
-# to presigned URLs. Fails on any failed spec. The suite lives in
+# to presigned URLs, and metadata in a new database of BERTH_TEST_POSTGRES's server if that
+# is set (the cluster's engines). Fails on any failed spec. The suite lives in
 # ../shared/tools/oci-conformance (not part of this repository); where it is absent this
 # step says so and is skipped.
-#   BERTH_BIN=target/release/berth [BERTH_TEST_S3=http://127.0.0.1:55490] bash scripts/conformance.sh
+#   BERTH_BIN=target/release/berth [BERTH_TEST_S3=http://127.0.0.1:55490]
+#     [BERTH_TEST_POSTGRES=postgres://berth@127.0.0.1:55439/postgres] bash scripts/conformance.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite="$(cd .. && pwd)/shared/tools/oci-conformance/run.sh"
@@ -46,7 +48,13 @@ run() {
 
 run filesystem
 if [ -n "${BERTH_TEST_S3:-}" ]; then
-  run s3 REGISTRY_STORAGE=s3 REGISTRY_STORAGE_S3_BUCKET=berth-test REGISTRY_STORAGE_S3_REGION=us-east-1 \
+  database=()
+  if [ -n "${BERTH_TEST_POSTGRES:-}" ]; then
+    db="conformance_$$"
+    psql "$BERTH_TEST_POSTGRES" -qXc "CREATE DATABASE $db"
+    database=(REGISTRY_BERTH_DATABASE_URL="${BERTH_TEST_POSTGRES%/*}/$db")
+  fi
+  run s3 "${database[@]}" REGISTRY_STORAGE=s3 REGISTRY_STORAGE_S3_BUCKET=berth-test REGISTRY_STORAGE_S3_REGION=us-east-1 \
     REGISTRY_STORAGE_S3_REGIONENDPOINT="$BERTH_TEST_S3" REGISTRY_STORAGE_S3_ACCESSKEY=conformance \
     REGISTRY_STORAGE_S3_SECRETKEY=conformance REGISTRY_STORAGE_S3_ROOTDIRECTORY="/conformance-$$"
 fi

@@ -40,8 +40,8 @@ BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test -
 step "the API tests again on PostgreSQL with blobs in S3, PostgreSQL's own race tests, the storage suite on S3, Azure and GCS"
 BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" BERTH_TEST_AZURE="$azure_url" BERTH_TEST_GCS="$gcs_url" cargo test --release --workspace --locked --lib --test api --test postgres
 
-step "OCI distribution-spec conformance suite, on the filesystem and with blobs in S3"
-BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_S3="$s3_url" bash scripts/conformance.sh
+step "OCI distribution-spec conformance suite, on the filesystem and on S3 + PostgreSQL"
+BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_S3="$s3_url" BERTH_TEST_POSTGRES="$pg_url" bash scripts/conformance.sh
 
 step "end-to-end tests with real clients"
 BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" BERTH_TEST_AZURE="$azure_url" BERTH_TEST_GCS="$gcs_url" python3 -m pytest -q tests/e2e
@@ -51,3 +51,4 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
 
 step "benchmark smoke run"
 BERTH_BIN="$PWD/target/release/berth" bash bench/run.sh --smoke
+BERTH_BIN="$PWD/target/release/berth" python3 bench/objects.py --smoke

@@ -194,6 +194,69 @@ class RegistryServer:
         raise AssertionError("VmHWM not found")
 
 
+class Cluster:
+    """`count` Berth instances on loopback with the same `env` (a shared database and object
+    store) and their own root directories, behind a real haproxy balancing round robin,
+    request by request; a dead instance is taken out by its failed health checks, and a
+    request whose connection to it is refused is sent to another (`redispatch`)."""
+
+    def __init__(self, workdir: str, env: dict, count: int = 3):
+        self.instances = []
+        for i in range(count):
+            d = os.path.join(workdir, f"instance{i}")
+            os.makedirs(d)
+            srv = RegistryServer("berth", d)
+            srv.extra_env = env
+            srv.start()
+            self.instances.append(srv)
+        self.port = free_port()
+        cfg = os.path.join(workdir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(self.haproxy_config())
+        self.log = open(os.path.join(workdir, "haproxy.log"), "wb")
+        self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self.up_through_balancer, 30, "haproxy answering")
+
+    def haproxy_config(self) -> str:
+        servers = "\n".join(f"    server b{i} 127.0.0.1:{s.port} check inter 300ms fall 1 rise 1"
+                            for i, s in enumerate(self.instances))
+        return f"""global
+    maxconn 512
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    retries 2
+    option redispatch
+frontend registry
+    bind 127.0.0.1:{self.port}
+    default_backend berth
+backend berth
+    balance roundrobin
+    option httpchk GET /v2/
+    http-check expect status 200
+{servers}
+"""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up_through_balancer(self) -> bool:
+        try:
+            return requests.get(self.url + "/v2/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self):
+        stop_process(self.haproxy)
+        self.log.close()
+        for srv in self.instances:
+            srv.stop()
+
+
 # ---------------------------------------------------------------- registry HTTP helpers
 
 def abs_location(base_url: str, location: str) -> str:

@@ -13,14 +13,12 @@ of scripts/s3.sh."""
 import os
 import random
 import shutil
-import subprocess
 import uuid
 
 import pytest
 import requests
 
-from e2eutil import (RegistryServer, berth_only, fresh_postgres_database, free_port, path_of, stop_process,
-                     wait_for, with_digest)
+from e2eutil import Cluster, berth_only, fresh_postgres_database, path_of, wait_for, with_digest
 from modelcheck import DEFAULT_CLIENTS, DEFAULT_OPS, DEFAULT_SEED, Features, run_model
 from pushing import check_acknowledged_intact, check_nothing_half_written, run_pushers, sha256
 from test_object_storage import s3_endpoint, s3_env  # noqa: F401 (a fixture)
@@ -32,73 +30,11 @@ pytestmark = [
 ]
 
 
-class Cluster:
-    def __init__(self, workdir: str, s3: str):
-        database = fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"])
-        prefix = "/cluster-" + uuid.uuid4().hex[:12]
-        env = {"REGISTRY_BERTH_DATABASE_URL": database, **s3_env(s3, prefix, redirect=False)}
-        self.instances = []
-        for i in range(3):
-            d = os.path.join(workdir, f"instance{i}")
-            os.makedirs(d)
-            srv = RegistryServer("berth", d)
-            srv.extra_env = env
-            srv.start()
-            self.instances.append(srv)
-        self.port = free_port()
-        cfg = os.path.join(workdir, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(haproxy_config(self.port, [s.port for s in self.instances]))
-        self.log = open(os.path.join(workdir, "haproxy.log"), "wb")
-        self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: self.up_through_balancer(), 30, "haproxy answering")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def up_through_balancer(self) -> bool:
-        try:
-            return requests.get(self.url + "/v2/", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def stop(self):
-        stop_process(self.haproxy)
-        self.log.close()
-        for srv in self.instances:
-            srv.stop()
-
-
-def haproxy_config(port: int, backends: list[int]) -> str:
-    """Round robin per request; a dead instance is taken out by its failed health checks, and a
-    request whose connection to it is refused is sent to another (`redispatch`)."""
-    servers = "\n".join(f"    server b{i} 127.0.0.1:{p} check inter 300ms fall 1 rise 1"
-                        for i, p in enumerate(backends))
-    return f"""global
-    maxconn 512
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 120s
-    timeout server 120s
-    retries 2
-    option redispatch
-frontend registry
-    bind 127.0.0.1:{port}
-    default_backend berth
-backend berth
-    balance roundrobin
-    option httpchk GET /v2/
-    http-check expect status 200
-{servers}
-"""
-
-
 @pytest.fixture
 def cluster(workdir, s3_endpoint):  # noqa: F811 (the fixture imported above)
-    c = Cluster(workdir, s3_endpoint)
+    database = fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"])
+    prefix = "/cluster-" + uuid.uuid4().hex[:12]
+    c = Cluster(workdir, {"REGISTRY_BERTH_DATABASE_URL": database, **s3_env(s3_endpoint, prefix, redirect=False)})
     yield c
     c.stop()
 
