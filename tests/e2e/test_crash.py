@@ -1,18 +1,22 @@
 """kill -9 the registry mid-upload; after restart, completed pushes are intact, incomplete
-ones are invisible, and the interrupted chunked upload session can be resumed."""
+ones are invisible, and the interrupted chunked upload session can be resumed. On the
+filesystem + SQLite, and on S3 + PostgreSQL (with BERTH_TEST_POSTGRES)."""
 import hashlib
 import json
 import os
 import random
 import socket
 import subprocess
+import uuid
 
+import pytest
 import requests
 
 import imagetools as it
-from e2eutil import (SERVER_KIND, berth_only, get_blob, get_manifest, path_of, patch_chunk,
-                     push_blob_chunked, push_blob_monolithic, put_manifest, start_upload,
+from e2eutil import (SERVER_KIND, berth_only, fresh_postgres_database, get_blob, get_manifest, path_of,
+                     patch_chunk, push_blob_chunked, push_blob_monolithic, put_manifest, start_upload,
                      stop_process, wait_for, with_digest)
+from test_object_storage import s3_endpoint, s3_env  # noqa: F401 (a fixture)
 
 MiB = 1024 * 1024
 
@@ -29,9 +33,19 @@ def _assert_image_intact(registry, skopeo, layout, ref, out_dir):
     assert it.referenced_digests(blobs, top) == layout.all_blob_digests()
 
 
+def engines_env(request, engines: str) -> dict:
+    if engines == "filesystem":
+        return {}
+    if not os.environ.get("BERTH_TEST_POSTGRES"):
+        pytest.skip("needs PostgreSQL (BERTH_TEST_POSTGRES)")
+    return {"REGISTRY_BERTH_DATABASE_URL": fresh_postgres_database(os.environ["BERTH_TEST_POSTGRES"]),
+            **s3_env(request.getfixturevalue("s3_endpoint"), "/crash-" + uuid.uuid4().hex[:12])}
+
+
 @berth_only
-def test_kill9_mid_upload_then_restart(make_server, skopeo, workdir):
-    srv = make_server()
+@pytest.mark.parametrize("engines", ["filesystem", "s3+postgres"])
+def test_kill9_mid_upload_then_restart(make_server, skopeo, workdir, request, engines):
+    srv = make_server(env=engines_env(request, engines))
     repo = "crash/app"
     rng = random.Random(20240601)
 
