@@ -192,6 +192,12 @@ class Blob:
         os.remove(self.path)
 
 
+CAVEAT = ("With PostgreSQL the read caches are off (several instances may share the database), so every "
+          "manifest GET and tag list is a database query. On this machine's 2 cores the three instances, "
+          "haproxy, PostgreSQL, moto and wrk share the same CPUs: the cluster row shows the cost of the "
+          "extra hop, not the gain of scaling out.")
+
+
 def table(rows: list[dict], alone: float, cfg: dict, command: str) -> str:
     def r(v):
         return f"{v[0]:,.0f} ({v[1]:.1f} ms)" if isinstance(v, tuple) else f"{v:,.0f}" if v else "–"
@@ -207,7 +213,7 @@ def table(rows: list[dict], alone: float, cfg: dict, command: str) -> str:
         "composing the parts into the blob's key; a redirected pull is served by moto from a "
         "presigned URL, a streamed one through Berth. The three instances share one database and "
         "bucket behind haproxy (round robin per request), so the chunks of one push land on "
-        "different instances.", "",
+        "different instances. " + CAVEAT, "",
         "| setup | push MiB/s | chunked push MiB/s | pull MiB/s | pull streamed through Berth MiB/s "
         "| manifest GET req/s (p99) | tag list req/s (p99) |",
         "|---|---|---|---|---|---|---|",

@@ -119,3 +119,25 @@ async fn instances_starting_together_migrate_once() {
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap().count();
     assert_eq!(applied, files as i64);
 }
+
+/// A database URL that asks for TLS (`sslmode=require`, as managed PostgreSQL services do)
+/// opens the store over an encrypted connection; one that pins the server to CAs that did
+/// not sign its certificate (the system's public ones) is refused. `scripts/postgres.sh`
+/// starts its server with TLS on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_url_that_asks_for_tls_gets_it() {
+    let Some(url) = fresh_database("tls").await else { return };
+    let required = format!("{url}?sslmode=require");
+    MetadataStore::open(&required).await.expect("a store on a URL that requires TLS");
+    let mut conn = PgConnection::connect(&required).await.unwrap();
+    let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(encrypted, "sslmode=require connected in plain text");
+    let public_cas = "/etc/ssl/certs/ca-certificates.crt";
+    if std::path::Path::new(public_cas).exists() {
+        let pinned = format!("{url}?sslmode=verify-ca&sslrootcert={public_cas}");
+        assert!(MetadataStore::open(&pinned).await.is_err(), "a certificate no pinned CA signed was accepted");
+    }
+}
