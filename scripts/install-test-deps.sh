@@ -3,7 +3,9 @@
 # Daemons are installed without being started: the tests start their own on loopback.
 set -euo pipefail
 
-apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql slapd ldap-utils haproxy)
+# python3-keystone rather than keystone (scripts/keystone.sh), whose post-install wants
+# dbconfig and Apache.
+apt_packages=(skopeo podman docker.io docker-registry wrk apache2-utils iperf3 python3-pip uidmap fuse-overlayfs libfuse2 fio postgresql slapd ldap-utils haproxy swift swift-proxy swift-account swift-container swift-object memcached python3-keystone python3-keystonemiddleware uwsgi-core uwsgi-plugin-python3)
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # A throwaway single-node OpenStack Swift on loopback for the tests: Debian's swift-proxy,
-# -account, -container and -object servers (not yet installed by scripts/install-test-deps.sh,
-# as no test uses Swift yet: `apt-get install swift swift-proxy swift-account swift-container
-# swift-object memcached`) with
+# -account, -container and -object servers (scripts/install-test-deps.sh installs them) with
 # one replica, tempauth, and the slo, dlo, copy, bulk and tempurl middlewares. State lives
 # in DIR and survives a stop.
-#   scripts/swift.sh start DIR PORT   starts the proxy on 127.0.0.1:PORT, the account,
+#   scripts/swift.sh start DIR PORT [KEYSTONE_URL]
+#                                     starts the proxy on 127.0.0.1:PORT, the account,
 #                                     container and object servers on PORT+1..PORT+3 and
 #                                     memcached on PORT+4 (configs, rings, data, logs and pid
 #                                     files in DIR), creates the container berth-test, prints
 #                                     the tempauth v1 URL
 #   scripts/swift.sh stop DIR         stops them (SIGTERM to the PIDs in DIR/*.pid)
 # User test:tester, key testing (an admin of account AUTH_test).
+# With KEYSTONE_URL (scripts/keystone.sh's http://127.0.0.1:KPORT/v3, started with SWIFTPORT
+# = PORT) the proxy takes Keystone tokens too (keystonemiddleware's authtoken and Swift's
+# keystoneauth, as keystone.sh's user swift): a user with role member or admin on a project
+# owns account AUTH_<project id>. tempauth and its AUTH_test stay as they are.
 set -euo pipefail
 . "$(dirname "$0")/test-server-lib.sh"
 
@@ -19,7 +22,7 @@ servers=(proxy account container object)
 
 case "${1:-}" in
   start)
-    dir=$(realpath -m "$2") port=$3
+    dir=$(realpath -m "$2") port=$3 keystone=${4:-}
     command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null \
       || { echo "swift.sh: swift or memcached is not installed (scripts/install-test-deps.sh)" >&2; exit 1; }
     # The servers read the hash path prefix/suffix and the storage policies from this fixed
@@ -31,6 +34,9 @@ case "${1:-}" in
     python3 -c 'import os, sys; os.setxattr(sys.argv[1], "user.swift.check", b"1")' "$dir/devices/d1" 2>/dev/null \
       || { echo "swift.sh: the filesystem of $dir has no user xattrs; pick another DIR" >&2; exit 1; }
     user=$(id -un)
+    # Debian's Python, the proxy's, whatever python3 comes first on PATH (pyenv's, say).
+    [ -z "$keystone" ] || /usr/bin/python3 -c 'import keystonemiddleware' 2>/dev/null \
+      || { echo "swift.sh: python3-keystonemiddleware is not installed (scripts/install-test-deps.sh)" >&2; exit 1; }
 
     # The rings name the backends' ports, so they are rebuilt when PORT changes; the three at
     # once, each swift-ring-builder run being seconds of Python start-up on a busy machine.
@@ -62,12 +68,26 @@ case "${1:-}" in
       { common $((port + i)); printf '[pipeline:main]\npipeline = %s-server\n\n[app:%s-server]\nuse = egg:swift#%s\n' "$s" "$s" "$s"; } \
         >"$dir/$s-server.conf"
     done
+    # With Keystone, authtoken validates the token (a Keystone one, else it only marks the
+    # request unauthenticated: delay_auth_decision) and keystoneauth authorizes Keystone users
+    # on AUTH_<project id>. Both auth middlewares claiming AUTH_ would not do: keystoneauth
+    # sets its verdict on every request, and tempauth, definitive for AUTH_ accounts,
+    # overrides it. So tempauth, last, has the empty reseller prefix: it then decides only
+    # for its own tokens (and leaves the others to keystoneauth), and its user keeps account
+    # AUTH_test through an explicit storage URL. Its tokens become tk... (not AUTH_tk...), and
+    # each request with one costs authtoken a Keystone look-up (a 404; it caches no misses).
+    auth_filters=tempauth tempauth_user='user_test_tester = testing .admin'
+    if [ -n "$keystone" ]; then
+      auth_filters='authtoken keystoneauth tempauth'
+      tempauth_user="reseller_prefix = ''
+user_test_tester = testing .admin http://127.0.0.1:$port/v1/AUTH_test"
+    fi
     # tempauth keeps its tokens in memcache, hence the memcached. The pipeline is the sample
     # proxy-server.conf's (/etc/swift) less what the tests do not use; bulk is for OpenDAL's
     # batch deletes (POST ?bulk-delete).
     { common "$port"; cat <<EOF; } >"$dir/proxy-server.conf"
 [pipeline:main]
-pipeline = catch_errors gatekeeper proxy-logging cache listing_formats bulk tempurl tempauth copy slo dlo proxy-logging proxy-server
+pipeline = catch_errors gatekeeper proxy-logging cache listing_formats bulk tempurl $auth_filters copy slo dlo proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -75,7 +95,7 @@ account_autocreate = true
 
 [filter:tempauth]
 use = egg:swift#tempauth
-user_test_tester = testing .admin
+$tempauth_user
 storage_url_scheme = http
 
 [filter:cache]
@@ -100,6 +120,34 @@ use = egg:swift#copy
 use = egg:swift#slo
 [filter:dlo]
 use = egg:swift#dlo
+EOF
+    # authtoken logs in as keystone.sh's service user (its role service is what may validate
+    # tokens), finds Keystone in the catalog under its public endpoint (the only one
+    # keystone.sh makes; the default is internal) and caches validations in Swift's memcache.
+    # operator_roles: who owns the project's account; Keystone's own member role rather than
+    # a Swift-specific one. (The proxy's log lists the [DEFAULT] and password-plugin options
+    # as "not known to keystonemiddleware": harmless, as with any authtoken in Swift.)
+    [ -z "$keystone" ] || cat >>"$dir/proxy-server.conf" <<EOF
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+www_authenticate_uri = $keystone
+auth_url = $keystone
+auth_type = password
+interface = public
+user_domain_id = default
+project_domain_id = default
+project_name = service
+username = swift
+password = swift-secret
+delay_auth_decision = true
+cache = swift.cache
+include_service_catalog = false
+
+[filter:keystoneauth]
+use = egg:swift#keystoneauth
+reseller_prefix = AUTH_
+operator_roles = admin, member
 EOF
 
     # memcached refuses to run as root without -u.
@@ -134,7 +182,7 @@ EOF
     for s in "${servers[@]}" memcached; do stop_pid_file "$2/$s.pid"; done
     ;;
   *)
-    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    echo "usage: $0 start DIR PORT [KEYSTONE_URL] | stop DIR" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 """Blobs in object stores: S3 (`storage.s3`, on the throwaway S3 server of scripts/s3.sh), Azure
 Blob Storage (`storage.azure`, on Azurite, scripts/azurite.sh) and Google Cloud Storage
-(`storage.gcs`, on gcp-storage-emulator, scripts/gcs.sh), with registry:2's keys.
+(`storage.gcs`, on gcp-storage-emulator, scripts/gcs.sh) and OpenStack Swift (`storage.swift`,
+on the single-node Swift of scripts/swift.sh, TempAuth), with registry:2's keys.
 skopeo and docker push and pull; a restarted server finds its blobs; no secret key is logged.
 On S3 the objects sit under registry:2's keys below `rootdirectory`, and blob downloads are
 redirected (307) to presigned URLs that serve the exact bytes, as registry:2 does, unless
@@ -56,6 +57,11 @@ def gcs_endpoint():
     yield from store_server("BERTH_TEST_GCS", "gcs.sh")
 
 
+@pytest.fixture(scope="module")
+def swift_auth_url():
+    yield from store_server("BERTH_TEST_SWIFT", "swift.sh")
+
+
 def azure_env(endpoint: str, prefix: str) -> dict:
     return {"REGISTRY_STORAGE": "azure", "REGISTRY_STORAGE_AZURE_ACCOUNTNAME": "devstoreaccount1",
             "REGISTRY_STORAGE_AZURE_ACCOUNTKEY": AZURITE_KEY, "REGISTRY_STORAGE_AZURE_CONTAINER": "berth-test",
@@ -104,6 +110,34 @@ def test_push_and_pull_with_blobs_in_azure(azure_endpoint, make_server, workdir,
     layer = src.images[0].layers[0].digest
     r = requests.get(f"{srv.url}/v2/team/app/blobs/{layer}", allow_redirects=False, timeout=10)
     assert r.status_code == 200 and it.sha256_digest(r.content) == layer
+
+
+def test_push_and_pull_with_blobs_in_swift(swift_auth_url, make_server, workdir, skopeo, docker):
+    prefix = f"/e2e-{uuid.uuid4().hex[:8]}"
+    srv = make_server(env={"REGISTRY_STORAGE": "swift", "REGISTRY_STORAGE_SWIFT_AUTHURL": swift_auth_url,
+                           "REGISTRY_STORAGE_SWIFT_USERNAME": "test:tester",
+                           "REGISTRY_STORAGE_SWIFT_PASSWORD": "testing",
+                           "REGISTRY_STORAGE_SWIFT_CONTAINER": "berth-test",
+                           "REGISTRY_STORAGE_SWIFT_PREFIX": prefix,
+                           "REGISTRY_STORAGE_SWIFT_SECRETKEY": SECRET,
+                           "REGISTRY_STORAGE_SWIFT_TEMPURLCONTAINERKEY": "true"})
+    src = push_pull_restart(srv, workdir, skopeo, docker, "swift", SECRET)
+    # The objects sit where registry:2's Swift driver keeps them, `<prefix>/files/...`.
+    login = requests.get(swift_auth_url, headers={"X-Auth-User": "test:tester", "X-Auth-Key": "testing"},
+                         timeout=10)
+    storage, token = login.headers["X-Storage-Url"], login.headers["X-Auth-Token"]
+    listed = requests.get(f"{storage}/berth-test", params={"prefix": prefix.lstrip("/") + "/files/"},
+                          headers={"X-Auth-Token": token}, timeout=10).text.split()
+    for d in (b.digest for b in src.images[0].layers):
+        hexd = d.split(":")[1]
+        assert f"{prefix.lstrip('/')}/files/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data" in listed
+    # Downloads are redirected to TempURLs signed with the configured key, which Berth set
+    # on the container.
+    layer = max(src.images[0].layers, key=lambda b: len(b.data)).digest
+    r = requests.get(f"{srv.url}/v2/team/app/blobs/{layer}", allow_redirects=False, timeout=10)
+    assert r.status_code == 307 and "temp_url_sig=" in r.headers["Location"], r.headers
+    assert r.headers["Location"].startswith(storage)
+    assert it.sha256_digest(requests.get(r.headers["Location"], timeout=30).content) == layer
 
 
 def s3_env(endpoint: str, prefix: str, redirect: bool = True) -> dict:

@@ -13,7 +13,9 @@ pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
-use berth_storage::{AzureSettings, BlobStore, FsBlobStore, GcsSettings, ObjectBlobStore, S3Settings};
+use berth_storage::{
+    AzureSettings, BlobStore, FsBlobStore, GcsSettings, Name, ObjectBlobStore, S3Settings, SwiftLogin, SwiftSettings,
+};
 use config::{Config, UploadPurging};
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ pub struct App {
 }
 
 pub async fn build(config: &Config) -> anyhow::Result<App> {
-    let blobs = blob_store(config)?;
+    let blobs = blob_store(config).await?;
     let meta = MetadataStore::open(&config.database_url())
         .await
         .with_context(|| format!("opening metadata database {}", config.database_url_redacted()))?;
@@ -63,10 +65,16 @@ const AZURE_BLOCK_SIZE: usize = 10 << 20;
 /// Where blobs live: an S3 bucket with `storage.s3`, an Azure container with
 /// `storage.azure`, a GCS bucket with `storage.gcs`, else the filesystem root (which
 /// holds the SQLite database in every case).
-fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+async fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let s = &config.storage;
-    if [s.s3.is_some(), s.azure.is_some(), s.gcs.is_some()].into_iter().filter(|&b| b).count() > 1 {
-        bail!("`storage.s3`, `storage.azure` and `storage.gcs` exclude each other: blobs live in one store");
+    if [s.s3.is_some(), s.azure.is_some(), s.gcs.is_some(), s.swift.is_some()].into_iter().filter(|&b| b).count() > 1 {
+        bail!("`storage.s3`, `storage.azure`, `storage.gcs` and `storage.swift` exclude each other: blobs live in one store");
+    }
+    if let Some(swift) = &s.swift {
+        let store = ObjectBlobStore::swift(&swift_settings(swift, !s.redirect.disable))
+            .await
+            .with_context(|| format!("`storage.swift` container {:?} at {}", swift.container, swift.authurl))?;
+        return Ok(Arc::new(store));
     }
     if let Some(gcs) = &s.gcs {
         let settings = GcsSettings {
@@ -119,6 +127,39 @@ fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     };
     let store = ObjectBlobStore::s3(&settings).with_context(|| format!("`storage.s3` bucket {:?}", s3.bucket))?;
     Ok(Arc::new(store))
+}
+
+/// `storage.swift` as the store's settings. Keys live under `<prefix>/files/`, where
+/// registry:2's Swift driver keeps them.
+fn swift_settings(swift: &berth_config::Swift, redirect: bool) -> SwiftSettings {
+    let name = |name: &Option<String>, id: &Option<String>| match (id, name) {
+        (Some(id), _) => Some(Name::Id(id.clone())),
+        (None, Some(name)) => Some(Name::Name(name.clone())),
+        (None, None) => None,
+    };
+    let login = SwiftLogin {
+        auth_url: swift.authurl.clone(),
+        auth_version: swift.authversion,
+        username: swift.username.clone(),
+        password: swift.password.0.clone(),
+        project: swift.tenant.clone(),
+        project_id: swift.tenantid.clone(),
+        project_domain: name(&swift.tenantdomain, &swift.tenantdomainid),
+        domain: name(&swift.domain, &swift.domainid),
+        trust_id: swift.trustid.clone(),
+        region: swift.region.clone(),
+        interface: swift.endpointtype.clone().unwrap_or_else(|| "public".into()),
+    };
+    let prefix = swift.prefix.as_deref().unwrap_or("").trim_matches('/');
+    SwiftSettings {
+        login,
+        container: swift.container.clone(),
+        root: if prefix.is_empty() { "/files/".into() } else { format!("/{prefix}/files/") },
+        part_size: usize::try_from(swift.chunksize).unwrap_or(usize::MAX),
+        temp_url_key: swift.secretkey.as_ref().map(|k| k.0.clone()),
+        container_key: swift.tempurlcontainerkey,
+        redirect,
+    }
 }
 
 /// Authentication from `auth` and `berth.auth`; `None` when it is off (every request

@@ -161,6 +161,77 @@ pub struct Storage {
     pub azure: Option<Azure>,
     /// Blobs in a Google Cloud Storage bucket instead of the filesystem.
     pub gcs: Option<Gcs>,
+    /// Blobs in an OpenStack Swift container instead of the filesystem.
+    pub swift: Option<Swift>,
+}
+
+/// registry:2's `storage.swift`, key for key: TempAuth (v1) or Keystone v3 password
+/// authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swift {
+    /// `https://swift.example.com/auth/v1.0` (TempAuth) or
+    /// `https://keystone.example.com/v3` (Keystone).
+    #[serde(deserialize_with = "scalar")]
+    pub authurl: String,
+    #[serde(deserialize_with = "scalar")]
+    pub username: String,
+    #[serde(deserialize_with = "secret")]
+    pub password: Secret,
+    #[serde(deserialize_with = "scalar")]
+    pub container: String,
+    /// 1 or 3; 0 or absent: from `authurl` (`.../v3` is Keystone v3, else v1).
+    #[serde(default)]
+    pub authversion: u8,
+    /// The project (Keystone's name for a tenant) the token is scoped to, by name or id.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub tenant: Option<String>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub tenantid: Option<String>,
+    /// The user's domain, by name or id.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub domain: Option<String>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub domainid: Option<String>,
+    /// The project's domain, when it is not the user's.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub tenantdomain: Option<String>,
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub tenantdomainid: Option<String>,
+    /// A trust to scope the token to instead of a project.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub trustid: Option<String>,
+    /// The catalog's region to take the object-store endpoint from; absent: the first.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub region: Option<String>,
+    /// The catalog's interface: `public` (the default), `internal` or `admin`.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub endpointtype: Option<String>,
+    /// Keys go under `<prefix>/files/`, where registry:2 keeps them.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub prefix: Option<String>,
+    /// The segment size of large objects, in bytes (at least 5 MiB is used).
+    #[serde(default = "default_swift_chunksize")]
+    pub chunksize: u64,
+    /// The TempURL key: with it, blob downloads are redirected to TempURLs (and Berth
+    /// sets it on the account, or with `tempurlcontainerkey` on the container).
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub secretkey: Option<Secret>,
+    #[serde(default)]
+    pub tempurlcontainerkey: bool,
+    /// Accepted for registry:2 compatibility, with no effect: TLS is always verified,
+    /// TempURLs are made for `GET` only, and `accesskey` was HP Cloud's.
+    #[serde(default)]
+    pub insecureskipverify: Option<Value>,
+    #[serde(default)]
+    pub tempurlmethods: Option<Value>,
+    #[serde(default)]
+    pub accesskey: Option<Value>,
+}
+
+/// registry:2's default segment size on Swift.
+fn default_swift_chunksize() -> u64 {
+    20 << 20
 }
 
 /// registry:2's `storage.gcs`.
@@ -906,6 +977,34 @@ mod tests {
         assert_eq!(c.log_level().unwrap(), "debug");
         assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
         assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff".to_string()]);
+    }
+
+    /// registry:2's Swift settings, the password from the environment (digits stay a
+    /// password), the keys Berth ignores accepted.
+    #[test]
+    fn swift_as_registry2_configures_it() {
+        let c = load_file(
+            "version: 0.1\nstorage:\n  swift:\n    authurl: https://keystone.example/v3\n    username: reg\n    container: images\n    tenant: team\n    domain: corp\n    region: fr\n    chunksize: 5242880\n    prefix: /registry\n    insecureskipverify: false\n    tempurlmethods: [GET]\n",
+            &[("REGISTRY_STORAGE_SWIFT_PASSWORD", "0123"), ("REGISTRY_STORAGE_SWIFT_AUTHVERSION", "3")],
+        );
+        let swift = c.storage.swift.expect("storage.swift");
+        assert_eq!(swift.password, Secret("0123".into()));
+        assert_eq!((swift.authversion, swift.chunksize), (3, 5 << 20));
+        assert_eq!(swift.prefix.as_deref(), Some("/registry"));
+        assert_eq!((swift.tenant.as_deref(), swift.domain.as_deref()), (Some("team"), Some("corp")));
+        let defaults = Config::load(
+            None,
+            env(&[
+                ("REGISTRY_STORAGE", "swift"),
+                ("REGISTRY_STORAGE_SWIFT_AUTHURL", "http://swift/auth/v1.0"),
+                ("REGISTRY_STORAGE_SWIFT_USERNAME", "a:b"),
+                ("REGISTRY_STORAGE_SWIFT_PASSWORD", "k"),
+                ("REGISTRY_STORAGE_SWIFT_CONTAINER", "c"),
+            ]),
+        )
+        .unwrap();
+        let swift = defaults.storage.swift.expect("REGISTRY_STORAGE=swift");
+        assert_eq!((swift.authversion, swift.chunksize, swift.secretkey), (0, 20 << 20, None));
     }
 
     #[test]

@@ -128,6 +128,19 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
+    /// Durable once it returns: a collected blob does not come back after a power cut.
+    async fn delete(&self, digest: &Digest) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            remove_if_exists(&path)?;
+            match sync_dir(path.parent().expect("blob paths have a directory")) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                synced => synced,
+            }
+        })
+        .await
+    }
+
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
         match tokio::fs::metadata(self.blob_path(digest)).await {
             Ok(m) => Ok(Some(m.len())),

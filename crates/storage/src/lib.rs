@@ -11,11 +11,13 @@ mod lane;
 mod local;
 mod object;
 mod spool;
+mod swift;
 mod tail;
 
 pub use fs::FsBlobStore;
-pub use object::{AzureSettings, GcsSettings, ObjectBlobStore, S3Settings, MIN_PART_SIZE};
+pub use object::{AzureSettings, GcsSettings, ObjectBlobStore, S3Settings, SwiftSettings, MIN_PART_SIZE};
 use spool::SpoolLock;
+pub use swift::{Name, SwiftLogin};
 
 pub use berth_proto::ByteRange;
 use berth_proto::{Algorithm, Digest, Hasher};
@@ -129,6 +131,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Stores a small object (a manifest) at its content address, durably and atomically.
     async fn put_bytes(&self, digest: &Digest, data: Bytes) -> io::Result<()>;
+
+    /// Deletes a blob (garbage collection, once nothing references it); a missing one is
+    /// not an error.
+    async fn delete(&self, digest: &Digest) -> io::Result<()>;
 
     /// Size of a stored blob, if present.
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
@@ -258,6 +264,12 @@ mod tests {
         store.abort(i4).await.unwrap();
         store.abort(i4).await.unwrap();
         assert!(!staged_ids(store).await.iter().any(|id| id == i4));
+
+        // Deleted blobs are gone, others stay; deleting a missing one is no error.
+        store.delete(&abc).await.unwrap();
+        assert_eq!(store.stat(&abc).await.unwrap(), None);
+        store.delete(&abc).await.unwrap();
+        assert_eq!(store.stat(&digest).await.unwrap(), Some(11));
     }
 
     fn fresh(id: &str) -> Staged<'_> {

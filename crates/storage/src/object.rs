@@ -9,11 +9,12 @@
 //! streaming them through. Object stores make an object visible only once its upload
 //! completes, which is the atomic publish the registry relies on.
 
+use crate::swift::{SwiftAuth, SwiftLogin};
 use crate::{blob_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock};
 use berth_proto::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use opendal::{ErrorKind, Operator};
+use opendal::{ErrorKind, HttpTransporter, OperationContext, Operator};
 use std::collections::HashMap;
 use std::io;
 use std::time::SystemTime;
@@ -28,6 +29,9 @@ pub struct ObjectBlobStore {
     /// Whether the store copies objects (and ranges of them into a multipart upload)
     /// synchronously on its side, so that composing a blob moves no bytes through here.
     server_copy: bool,
+    /// Swift's large objects: their segments, under `.segments/<root>/<key><id>/`, which
+    /// deleting the object (a plain `DELETE` of its manifest) leaves behind.
+    segments: Option<Operator>,
 }
 
 /// An S3 bucket (AWS, or an S3-compatible store: MinIO, Ceph RGW, ...), with what
@@ -92,12 +96,28 @@ pub struct GcsSettings {
     pub redirect: bool,
 }
 
+/// An OpenStack Swift container, with what registry:2's `storage.swift` says.
+#[derive(Debug, Clone, Default)]
+pub struct SwiftSettings {
+    pub login: SwiftLogin,
+    pub container: String,
+    /// The prefix every key goes under (registry:2's `<prefix>/files`).
+    pub root: String,
+    /// The segment size of large objects.
+    pub part_size: usize,
+    /// The TempURL key: set on the account (or, with `container_key`, on the container)
+    /// at start-up, and with `redirect` used to sign download URLs.
+    pub temp_url_key: Option<String>,
+    pub container_key: bool,
+    pub redirect: bool,
+}
+
 /// S3's smallest part of a multipart upload (but the last).
 pub const MIN_PART_SIZE: usize = 5 << 20;
 
 impl ObjectBlobStore {
     pub fn new(op: Operator) -> ObjectBlobStore {
-        ObjectBlobStore { op, part_size: MIN_PART_SIZE, redirect_for: None, server_copy: false }
+        ObjectBlobStore { op, part_size: MIN_PART_SIZE, redirect_for: None, server_copy: false, segments: None }
     }
 
     /// A store on an S3 bucket.
@@ -160,21 +180,48 @@ impl ObjectBlobStore {
         ObjectBlobStore::on(Operator::new(b).map_err(io::Error::other)?, s.part_size, s.redirect, true)
     }
 
-    /// Each attempt bounded in time; failures the store calls temporary (5xx, throttling,
-    /// a dropped connection) retried with jittered backoff, for about 1.5 s in all: past
-    /// that the client gets a 503 and retries by itself, instead of holding its request.
-    /// Every write here is idempotent (content-addressed keys, parts of unique names), so
-    /// a retry never changes a result.
+    /// A store on an OpenStack Swift container, logged in at once (so that a wrong
+    /// password fails start-up, not the first push), the container created if missing.
+    /// One part's copy is Swift's server-side `COPY`; several parts are streamed (Swift
+    /// copies no ranges into a large object).
+    pub async fn swift(s: &SwiftSettings) -> io::Result<ObjectBlobStore> {
+        install_http_client();
+        let http = HttpTransporter::default();
+        let first = s.login.login(&http).await?;
+        let storage_url = first.storage_url.trim_end_matches('/').to_owned();
+        let auth = HttpTransporter::new(SwiftAuth::new(http, s.login.clone(), first));
+        prepare_container(&auth, &storage_url, s).await?;
+        let ctx = OperationContext::new().with_http_transport(auth);
+        let on_container = |root: &str, key: Option<&str>| -> io::Result<Operator> {
+            let mut b = opendal::services::Swift::default().endpoint(&storage_url).container(&s.container).root(root);
+            if let Some(key) = key {
+                b = b.temp_url_key(key);
+            }
+            Ok(Operator::new(b).map_err(io::Error::other)?.with_context(ctx.clone()))
+        };
+        let signing = s.temp_url_key.as_deref().filter(|_| s.redirect);
+        let op = on_container(&s.root, signing)?;
+        let segments = on_container(&format!("/.segments/{}/", s.root.trim_matches('/')), None)?;
+        let mut store = ObjectBlobStore::on(op, s.part_size, signing.is_some(), true)?;
+        store.segments = Some(layered(segments));
+        Ok(store)
+    }
+
+    /// A store on `op`, behind the timeout and retry layers.
     fn on(op: Operator, part_size: usize, redirect: bool, server_copy: bool) -> io::Result<ObjectBlobStore> {
-        let op = op.layer(opendal::layers::TimeoutLayer::new()).layer(
-            opendal::layers::RetryLayer::new()
-                .with_jitter()
-                .with_min_delay(std::time::Duration::from_millis(100))
-                .with_max_delay(std::time::Duration::from_secs(2))
-                .with_max_times(4),
-        );
         let redirect_for = redirect.then_some(REDIRECT_FOR);
-        Ok(ObjectBlobStore { op, part_size: part_size.max(MIN_PART_SIZE), redirect_for, server_copy })
+        let part_size = part_size.max(MIN_PART_SIZE);
+        Ok(ObjectBlobStore { op: layered(op), part_size, redirect_for, server_copy, segments: None })
+    }
+
+    /// Deletes every object under `prefix`, and their segments where the store keeps
+    /// them apart.
+    async fn delete_under(&self, prefix: &str) -> io::Result<()> {
+        self.op.delete_with(prefix).recursive(true).await.map_err(typed)?;
+        if let Some(segments) = &self.segments {
+            segments.delete_with(prefix).recursive(true).await.map_err(typed)?;
+        }
+        Ok(())
     }
 
     /// Writes `parts` in order at `key`: one part (of at most one copy's size) by a copy,
@@ -350,7 +397,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn abort(&self, id: &str) -> io::Result<()> {
-        Ok(self.op.delete_with(&upload_prefix(id)).recursive(true).await.map_err(typed)?)
+        self.delete_under(&upload_prefix(id)).await
     }
 
     async fn staged_uploads(&self) -> io::Result<Vec<(String, SystemTime)>> {
@@ -374,6 +421,20 @@ impl BlobStore for ObjectBlobStore {
     async fn put_bytes(&self, digest: &Digest, data: Bytes) -> io::Result<()> {
         self.op.write_with(&blob_key(digest), data).content_type(BLOB_TYPE).await.map_err(typed)?;
         Ok(())
+    }
+
+    /// The object first, then any segments: a blob is never visible without its bytes.
+    async fn delete(&self, digest: &Digest) -> io::Result<()> {
+        let key = blob_key(digest);
+        self.op.delete(&key).await.map_err(typed)?;
+        match &self.segments {
+            // A large object's segments are `<key><id>/...`, all under the key's directory.
+            Some(segments) => {
+                let dir = &key[..=key.rfind('/').expect("blob keys have a directory")];
+                segments.delete_with(dir).recursive(true).await.map_err(typed)
+            }
+            None => Ok(()),
+        }
     }
 
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
@@ -410,6 +471,73 @@ impl BlobStore for ObjectBlobStore {
             Err(e) => Err(typed(e)),
         }
     }
+}
+
+/// Each attempt bounded in time; failures the store calls temporary (5xx, throttling,
+/// a dropped connection) retried with jittered backoff, for about 1.5 s in all: past
+/// that the client gets a 503 and retries by itself, instead of holding its request.
+/// Every write here is idempotent (content-addressed keys, parts of unique names), so
+/// a retry never changes a result.
+fn layered(op: Operator) -> Operator {
+    op.layer(opendal::layers::TimeoutLayer::new()).layer(
+        opendal::layers::RetryLayer::new()
+            .with_jitter()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_delay(std::time::Duration::from_secs(2))
+            .with_max_times(4),
+    )
+}
+
+/// Makes the container if it is missing (as registry:2 does), and sets the TempURL key
+/// where one is configured: the same key on every instance, so they never undo each
+/// other's. A key Berth may not set (a user without the operator role) is only logged:
+/// an operator may have set it.
+async fn prepare_container(http: &HttpTransporter, storage_url: &str, s: &SwiftSettings) -> io::Result<()> {
+    let container = format!("{storage_url}/{}", percent_encode(&s.container));
+    let head = swift_call(http, http::Method::HEAD, &container, None).await?;
+    if head == http::StatusCode::NOT_FOUND {
+        let made = swift_call(http, http::Method::PUT, &container, None).await?;
+        if !made.is_success() {
+            return Err(io::Error::other(format!("creating Swift container {:?}: {made}", s.container)));
+        }
+    } else if !head.is_success() {
+        return Err(io::Error::other(format!("Swift container {:?}: {head}", s.container)));
+    }
+    let Some(key) = &s.temp_url_key else { return Ok(()) };
+    let (url, header) = match s.container_key {
+        true => (&container[..], "X-Container-Meta-Temp-URL-Key"),
+        false => (storage_url, "X-Account-Meta-Temp-URL-Key"),
+    };
+    let set = swift_call(http, http::Method::POST, url, Some((header, key))).await?;
+    if !set.is_success() {
+        tracing::warn!(status = %set, "could not set Swift's TempURL key; download URLs need it set by an operator");
+    }
+    Ok(())
+}
+
+async fn swift_call(
+    http: &HttpTransporter,
+    method: http::Method,
+    url: &str,
+    header: Option<(&str, &str)>,
+) -> io::Result<http::StatusCode> {
+    let mut req = http::Request::builder().method(method).uri(url).header(http::header::CONTENT_LENGTH, "0");
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let req = req.body(opendal::Buffer::new()).map_err(io::Error::other)?;
+    Ok(http.send(req).await.map_err(typed)?.status())
+}
+
+/// A container name in a URL path.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// An object store's error as the kinds the registry tells apart: missing, a failed
@@ -562,6 +690,95 @@ mod tests {
         };
         let store = ObjectBlobStore::s3(&settings).unwrap();
         conformance_with_large_blob(&store, true).await;
+    }
+
+    /// The suite on OpenStack Swift (`BERTH_TEST_SWIFT`: TempAuth's URL of the
+    /// single-node Swift `scripts/swift.sh` starts, user `test:tester`), then a large
+    /// object and its TempURL; the segments of large parts and blobs are gone once the
+    /// session completes and the blob is deleted. Then memcached, which holds
+    /// TempAuth's tokens, forgets them all: the next request is refused with 401, and the
+    /// store logs in again and goes on.
+    #[tokio::test]
+    async fn conforms_on_swift() {
+        let Ok(auth_url) = std::env::var("BERTH_TEST_SWIFT") else {
+            eprintln!("BERTH_TEST_SWIFT is not set: skipped (scripts/test.sh starts Swift)");
+            return;
+        };
+        let login = SwiftLogin {
+            auth_url: auth_url.clone(),
+            username: "test:tester".into(),
+            password: "testing".into(),
+            interface: "public".into(),
+            ..SwiftLogin::default()
+        };
+        let root = format!("/conformance-{}/files/", uuid::Uuid::new_v4());
+        let settings = SwiftSettings {
+            login,
+            container: "berth-test".into(),
+            root: root.clone(),
+            part_size: MIN_PART_SIZE,
+            temp_url_key: Some("conformance-key".into()),
+            container_key: true,
+            redirect: true,
+        };
+        let store = ObjectBlobStore::swift(&settings).await.unwrap();
+        conformance_with_large_blob(&store, true).await;
+        let segments = store.segments.clone().unwrap();
+        let listed = |op: Operator| async move { op.list_with("").recursive(true).await.unwrap().len() };
+        assert!(listed(segments.clone()).await > 0, "the large blob is made of segments");
+        let data: Vec<u8> = (0..MIN_PART_SIZE * 5 / 2).map(|i| (i % 251) as u8).collect();
+        store.delete(&Digest::of(Algorithm::Sha256, &data)).await.unwrap();
+        assert_eq!(listed(segments).await, 0, "no segment of a part or a deleted blob is left");
+
+        let port: u16 = auth_url.split(':').nth(2).and_then(|p| p.split('/').next()?.parse().ok()).unwrap();
+        forget_tokens(port + 4).await;
+        let m = Digest::of(Algorithm::Sha256, b"after the tokens went");
+        store.put_bytes(&m, Bytes::from_static(b"after the tokens went")).await.unwrap();
+        assert_eq!(store.stat(&m).await.unwrap(), Some(21));
+    }
+
+    /// The suite on Swift with a Keystone v3 login (`BERTH_TEST_KEYSTONE`: the v3 URL of
+    /// `scripts/keystone.sh`, whose user `berth` is a member of project `berth`), the
+    /// storage URL taken from the token's catalog.
+    #[tokio::test]
+    async fn conforms_on_swift_with_keystone() {
+        let Ok(auth_url) = std::env::var("BERTH_TEST_KEYSTONE") else {
+            eprintln!("BERTH_TEST_KEYSTONE is not set: skipped (scripts/test.sh starts Keystone)");
+            return;
+        };
+        let login = SwiftLogin {
+            auth_url,
+            username: "berth".into(),
+            password: "berth-secret".into(),
+            project: Some("berth".into()),
+            domain: Some(crate::Name::Name("Default".into())),
+            region: Some("RegionOne".into()),
+            interface: "public".into(),
+            ..SwiftLogin::default()
+        };
+        let first = login.login(&HttpTransporter::default()).await.unwrap();
+        assert!(first.storage_url.contains("/v1/AUTH_"), "{}", first.storage_url);
+        let expires = first.expires.expect("Keystone says when its token expires");
+        assert!(expires > SystemTime::now() && expires < SystemTime::now() + std::time::Duration::from_secs(86400));
+        let settings = SwiftSettings {
+            login,
+            container: format!("berth-keystone-{}", uuid::Uuid::new_v4()),
+            root: "/files/".into(),
+            part_size: MIN_PART_SIZE,
+            ..SwiftSettings::default()
+        };
+        let store = ObjectBlobStore::swift(&settings).await.unwrap();
+        crate::tests::conformance(&store).await;
+    }
+
+    /// `flush_all` to the memcached at `port`.
+    async fn forget_tokens(port: u16) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        conn.write_all(b"flush_all\r\n").await.unwrap();
+        let mut answer = [0u8; 4];
+        conn.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"OK\r\n");
     }
 
     /// The backend suite, then a blob of two and a half parts (a multipart upload) from
