@@ -55,6 +55,20 @@ def test_admin_cli_manages_access_end_to_end(make_server, workdir, skopeo):
                      f"dev:{dev_password}", src.ref, f"docker://{srv.host}/other/app:1", check=False)
     assert refused.returncode != 0
 
+    # `team`'s tag 1 made immutable: skopeo's retry of the same image goes through, another
+    # image under the tag is refused, and once the rule is gone it moves.
+    rule = json.loads(berth_admin(srv, "namespaces", "protect", "team", "1", "--except", "*-dev", **root).stdout)
+    assert [r["id"] for r in json.loads(berth_admin(srv, "namespaces", "immutability", "team", **root).stdout)] \
+        == [rule["id"]]
+    dev_push = ["copy", "--insecure-policy", "--dest-tls-verify=false", "--dest-creds", f"dev:{dev_password}"]
+    skopeo(*dev_push, src.ref, f"docker://{srv.host}/team/app:1")
+    other = it.write_image_layout(os.path.join(workdir, "other"), "v1", salt="admin-cli-other")
+    moved = skopeo(*dev_push, other.ref, f"docker://{srv.host}/team/app:1", check=False)
+    assert moved.returncode != 0 and b"immutable" in moved.stderr, moved.stderr
+    berth_admin(srv, "namespaces", "unprotect", "team", str(rule["id"]), **root)
+    skopeo(*dev_push, other.ref, f"docker://{srv.host}/team/app:1")
+    skopeo(*dev_push, src.ref, f"docker://{srv.host}/team/app:1")
+
     # A robot for CI: its secret is printed once and pulls from `team`.
     robot = json.loads(berth_admin(srv, "robots", "create", "ci", "--expires", "1d", "--grant", "team=reader",
                                    **root).stdout)
@@ -69,9 +83,10 @@ def test_admin_cli_manages_access_end_to_end(make_server, workdir, skopeo):
     # Everything above is in the audit log, with who did it.
     events = json.loads(berth_admin(srv, "audit", "--actor", "root", **root).stdout)["events"]
     actions = {e["action"] for e in events}
-    assert {"user.create", "namespace.create", "member.set", "robot.create"} <= actions, actions
+    assert {"user.create", "namespace.create", "member.set", "immutability.create", "immutability.delete",
+            "robot.create"} <= actions, actions
     pushes = json.loads(berth_admin(srv, "audit", "--action", "manifest.push", **root).stdout)["events"]
-    assert [e["actor"] for e in pushes] == ["dev"]
+    assert {e["actor"] for e in pushes} == {"dev"}
 
     # Bootstrap again on the host resets the administrator's password.
     srv.stop()

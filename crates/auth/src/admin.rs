@@ -9,7 +9,9 @@
 use crate::{hash_argon2, AuthError, Authenticator, Principal};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use berth_metadata::{Actor, AuditEvent, AuditQuery, Member, MemberKind, Namespace, Role, UserRecord, ROBOT_PREFIX};
+use berth_metadata::{
+    Actor, AuditEvent, AuditQuery, ImmutabilityRule, Member, MemberKind, Namespace, Role, UserRecord, ROBOT_PREFIX,
+};
 use std::time::Duration;
 
 /// Why an administrative request was not carried out.
@@ -288,6 +290,36 @@ impl Authenticator {
         self.namespace(by, namespace).await?;
         self.require_namespace_admin(by, namespace).await?;
         Ok(self.meta.namespace_members(namespace).await?)
+    }
+
+    /// A namespace's tag immutability rules, for its admins.
+    pub async fn immutability_rules(&self, by: &Acting, namespace: &str) -> Result<Vec<ImmutabilityRule>> {
+        self.namespace(by, namespace).await?;
+        self.require_namespace_admin(by, namespace).await?;
+        Ok(self.meta.immutability_rules(Some(namespace)).await?)
+    }
+
+    /// Adds a rule to its namespace; its id.
+    pub async fn add_immutability_rule(&self, by: &Acting, rule: &ImmutabilityRule) -> Result<i64> {
+        self.namespace(by, &rule.namespace).await?;
+        self.require_namespace_admin(by, &rule.namespace).await?;
+        if rule.repositories.is_empty() || rule.tags.is_empty() || rule.except.iter().any(String::is_empty) {
+            return Err(AdminError::Invalid("`repositories`, `tags` and each of `except` must not be empty".into()));
+        }
+        Ok(self
+            .meta
+            .add_immutability_rule(&ImmutabilityRule { id: None, declared: false, ..rule.clone() }, &by.actor)
+            .await?)
+    }
+
+    /// Removes a rule made through the API (declared rules live in the configuration).
+    pub async fn remove_immutability_rule(&self, by: &Acting, namespace: &str, id: i64) -> Result<()> {
+        self.require_namespace_admin(by, namespace).await?;
+        if self.meta.remove_immutability_rule(namespace, id, &by.actor).await? {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound(format!("namespace {namespace} has no rule {id} made through the API")))
+        }
     }
 
     pub async fn set_member(&self, by: &Acting, namespace: &str, member: &Member) -> Result<()> {

@@ -181,6 +181,33 @@ enum Namespaces {
         kind: String,
         member: String,
     },
+    /// The namespace's tag immutability rules.
+    Immutability {
+        namespace: String,
+    },
+    /// Makes the namespace's tags matching TAGS immutable.
+    Protect {
+        namespace: String,
+        /// A pattern on tags (`*`: any run of characters), e.g. `v*`.
+        tags: String,
+        /// A pattern on the repository name after the namespace.
+        #[arg(long, default_value = "*")]
+        repositories: String,
+        /// Tags left out (repeatable), e.g. `*-rc*`.
+        #[arg(long)]
+        except: Vec<String>,
+        /// `move` (a tag keeps its manifest) or `delete` (nor can it be deleted).
+        #[arg(long, default_value = "move")]
+        level: String,
+        /// Cover cosign's signature and attestation tags too.
+        #[arg(long)]
+        signatures: bool,
+    },
+    /// Removes an immutability rule by its id.
+    Unprotect {
+        namespace: String,
+        id: i64,
+    },
 }
 
 /// One admin API request: method, path segments under `/api/v1`, query and body.
@@ -306,6 +333,15 @@ fn namespaces(c: Namespaces) -> Call {
         }
         Namespaces::Revoke { namespace, kind, member } => {
             call(Method::DELETE, &["namespaces", &namespace, "members", &kind, &member])
+        }
+        Namespaces::Immutability { namespace } => call(Method::GET, &["namespaces", &namespace, "immutability"]),
+        Namespaces::Protect { namespace, tags, repositories, except, level, signatures } => {
+            call(Method::POST, &["namespaces", &namespace, "immutability"]).body(json!({
+                "repositories": repositories, "tags": tags, "except": except, "level": level, "signatures": signatures
+            }))
+        }
+        Namespaces::Unprotect { namespace, id } => {
+            call(Method::DELETE, &["namespaces", &namespace, "immutability", &id.to_string()])
         }
     }
 }

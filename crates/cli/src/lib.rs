@@ -11,7 +11,7 @@ pub use berth_config as config;
 pub mod admin;
 pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
-use berth_metadata::{MetadataStore, Role};
+use berth_metadata::{Immutability, ImmutabilityRule, MetadataStore, Role};
 use berth_registry::{Reconciled, Registry, Settings};
 use berth_storage::{
     AzureSettings, BlobStore, FsBlobStore, GcsSettings, Name, ObjectBlobStore, S3Settings, SwiftLogin, SwiftSettings,
@@ -30,6 +30,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let meta = MetadataStore::open(&config.database_url())
         .await
         .with_context(|| format!("opening metadata database {}", config.database_url_redacted()))?;
+    meta.declare_immutability_rules(&declared_rules(config)?).await.context("storing `berth.immutability`")?;
     let uploads = &config.berth.uploads;
     let settings = Settings {
         delete_enabled: config.storage.delete.enabled,
@@ -127,6 +128,28 @@ async fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     };
     let store = ObjectBlobStore::s3(&settings).with_context(|| format!("`storage.s3` bucket {:?}", s3.bucket))?;
     Ok(Arc::new(store))
+}
+
+/// `berth.immutability`, checked.
+fn declared_rules(config: &Config) -> anyhow::Result<Vec<ImmutabilityRule>> {
+    let rule = |r: &config::ImmutabilityRule| {
+        let level = Immutability::parse(&r.level)
+            .with_context(|| format!("`berth.immutability` level {:?}: `move` or `delete`", r.level))?;
+        if r.namespace.is_empty() || r.repositories.is_empty() || r.tags.is_empty() {
+            bail!("`berth.immutability`: `namespace`, `repositories` and `tags` must not be empty");
+        }
+        Ok(ImmutabilityRule {
+            id: None,
+            namespace: r.namespace.trim_matches('/').to_owned(),
+            repositories: r.repositories.clone(),
+            tags: r.tags.clone(),
+            except: r.except.clone(),
+            level,
+            signatures: r.signatures,
+            declared: true,
+        })
+    };
+    config.berth.immutability.iter().map(rule).collect()
 }
 
 /// `storage.swift` as the store's settings. Keys live under `<prefix>/files/`, where

@@ -459,6 +459,37 @@ pub struct Berth {
     pub http: BerthHttp,
     #[serde(default)]
     pub auth: BerthAuth,
+    /// Tag immutability rules declared here (the admin API adds more per namespace).
+    #[serde(default)]
+    pub immutability: Vec<ImmutabilityRule>,
+}
+
+/// `berth.immutability[]`: the tags matching `tags` (less `except`) in the repositories of
+/// `namespace` matching `repositories` keep their manifest (`level: move`) or also
+/// cannot be deleted (`level: delete`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutabilityRule {
+    #[serde(deserialize_with = "scalar")]
+    pub namespace: String,
+    #[serde(default = "any_name")]
+    pub repositories: String,
+    pub tags: String,
+    #[serde(default)]
+    pub except: Vec<String>,
+    #[serde(default = "move_level")]
+    pub level: String,
+    /// Whether signature and attestation tags are covered too.
+    #[serde(default)]
+    pub signatures: bool,
+}
+
+fn any_name() -> String {
+    "*".into()
+}
+
+fn move_level() -> String {
+    "move".into()
 }
 
 /// Berth's own authentication and authorization settings.

@@ -16,7 +16,9 @@ use axum::routing::{get, put};
 use axum::Router;
 use berth_auth::admin::{Acting, AdminError};
 use berth_auth::{AuthError, Credentials, Principal};
-use berth_metadata::{Actor, AuditQuery, Member, MemberKind, Role, UserRecord, ROBOT_PREFIX};
+use berth_metadata::{
+    Actor, AuditQuery, Immutability, ImmutabilityRule, Member, MemberKind, Role, UserRecord, ROBOT_PREFIX,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -35,6 +37,8 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/v1/namespaces/{name}", get(get_namespace).patch(update_namespace).delete(delete_namespace))
         .route("/api/v1/namespaces/{name}/members", get(list_members))
         .route("/api/v1/namespaces/{name}/members/{kind}/{member}", put(set_member).delete(remove_member))
+        .route("/api/v1/namespaces/{name}/immutability", get(list_immutability).post(add_immutability))
+        .route("/api/v1/namespaces/{name}/immutability/{id}", axum::routing::delete(remove_immutability))
         .route("/api/v1/audit", get(audit))
 }
 
@@ -43,7 +47,8 @@ pub(crate) fn routes() -> Router<App> {
     info(title = "Berth admin API", version = "1", description = "Users, robots, teams, namespaces, memberships and the audit log of a Berth registry."),
     paths(me, list_users, create_user, get_user, update_user, delete_user, create_robot, list_teams, create_team,
           get_team, update_team, delete_team, add_team_member, remove_team_member, list_namespaces, create_namespace, get_namespace,
-          update_namespace, delete_namespace, list_members, set_member, remove_member, audit),
+          update_namespace, delete_namespace, list_members, set_member, remove_member, list_immutability,
+          add_immutability, remove_immutability, audit),
     modifiers(&BasicAuth),
     security(("basic" = []))
 )]
@@ -658,6 +663,108 @@ async fn set_member(
     let kind = member_kind(&kind)?;
     let role = role(&body::<RoleBody>(&bytes)?.role)?;
     authenticator(&app).set_member(&by, &namespace, &Member { kind, name, role }).await?;
+    done()
+}
+
+/// A tag immutability rule of a namespace: what was asked for (see `NewRule`), its id, and
+/// where it comes from.
+#[derive(Serialize, ToSchema)]
+struct RuleView {
+    id: i64,
+    repositories: String,
+    tags: String,
+    except: Vec<String>,
+    level: String,
+    signatures: bool,
+    /// From the configuration file (`berth.immutability`): not removable here.
+    declared: bool,
+}
+
+/// What a rule covers and forbids.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewRule {
+    /// A pattern (`*`: any run of characters) on the repository name after `<namespace>/`.
+    repositories: String,
+    /// A pattern on tags, e.g. `v*`.
+    tags: String,
+    /// Patterns of tags the rule leaves out, e.g. `*-rc*`.
+    #[serde(default)]
+    except: Vec<String>,
+    /// `move` (a covered tag keeps its manifest) or `delete` (it cannot be deleted either).
+    #[serde(default = "move_level")]
+    #[schema(default = "move")]
+    level: String,
+    /// Whether signature and attestation tags (`sha256-<hex>.sig`, `.att`, `.sbom`) are covered too.
+    #[serde(default)]
+    signatures: bool,
+}
+
+fn move_level() -> String {
+    "move".into()
+}
+
+impl From<ImmutabilityRule> for RuleView {
+    fn from(r: ImmutabilityRule) -> RuleView {
+        RuleView {
+            id: r.id.unwrap_or_default(),
+            repositories: r.repositories,
+            tags: r.tags,
+            except: r.except,
+            level: r.level.as_str().into(),
+            signatures: r.signatures,
+            declared: r.declared,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/namespaces/{name}/immutability", tag = "namespaces", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<RuleView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+async fn list_immutability(State(app): State<App>, Caller(by): Caller, Path(name): Path<String>) -> Answer {
+    let rules = authenticator(&app).immutability_rules(&by, &name).await?;
+    ok(StatusCode::OK, &rules.into_iter().map(RuleView::from).collect::<Vec<_>>())
+}
+
+/// Makes the namespace's tags matching the rule immutable: moving them to another
+/// manifest (and at level `delete` deleting them) is refused with `DENIED`.
+#[utoipa::path(post, path = "/api/v1/namespaces/{name}/immutability", tag = "namespaces", params(("name" = String, Path)),
+    request_body = NewRule, responses((status = 201, body = RuleView), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn add_immutability(
+    State(app): State<App>,
+    Caller(by): Caller,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let view: NewRule = body(&bytes)?;
+    let level = Immutability::parse(&view.level)
+        .ok_or_else(|| invalid(format!("invalid level {:?}: `move` or `delete`", view.level)))?;
+    let rule = ImmutabilityRule {
+        id: None,
+        namespace: name,
+        repositories: view.repositories,
+        tags: view.tags,
+        except: view.except,
+        level,
+        signatures: view.signatures,
+        declared: false,
+    };
+    let id = authenticator(&app).add_immutability_rule(&by, &rule).await?;
+    ok(StatusCode::CREATED, &RuleView::from(ImmutabilityRule { id: Some(id), ..rule }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/namespaces/{name}/immutability/{id}", tag = "namespaces",
+    params(("name" = String, Path), ("id" = String, Path, description = "the rule's id")), responses((status = 204),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn remove_immutability(
+    State(app): State<App>,
+    Caller(by): Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> Answer {
+    // Not a number: no such rule, answered like any other unknown one.
+    let id = id.parse().unwrap_or(-1);
+    authenticator(&app).remove_immutability_rule(&by, &name, id).await?;
     done()
 }
 

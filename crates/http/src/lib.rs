@@ -78,8 +78,15 @@ async fn dispatch(State(app): State<App>, req: Request<Body>) -> Response {
 }
 
 async fn handle(app: &App, action: Action, caller: Option<Caller>, req: Request<Body>) -> Result<Response, ApiError> {
-    let actor =
+    let mut actor =
         Actor::new(caller.as_ref().map_or("", |c| c.principal.name()), auth::client_ip(req.extensions()).to_string());
+    // Immutable tags move or go only when a registry admin (anyone, with authentication
+    // off) asks for it on the request itself; each override is audited.
+    let admin = match &caller {
+        Some(c) => matches!(c.principal, berth_auth::Principal::User { admin: true, .. }),
+        None => app.auth.is_none(),
+    };
+    actor.overrides_immutability = admin && req.headers().get(OVERRIDE_IMMUTABILITY).is_some_and(|v| v == "true");
     let actor = &actor;
     match action {
         Action::Base => Ok(edge::json_response(axum::http::StatusCode::OK, b"{}".to_vec())),
@@ -122,6 +129,9 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
+/// `Berth-Override-Immutability: true`: see [`handle`].
+const OVERRIDE_IMMUTABILITY: HeaderName = HeaderName::from_static("berth-override-immutability");
 
 fn empty_response(status: axum::http::StatusCode) -> Response {
     let mut resp = Response::new(Body::empty());

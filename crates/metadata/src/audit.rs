@@ -11,11 +11,14 @@ use sqlx::Row;
 pub struct Actor {
     pub name: String,
     pub client: String,
+    /// A registry admin who asked to move or delete immutable tags anyway: allowed, and
+    /// each override is audited.
+    pub overrides_immutability: bool,
 }
 
 impl Actor {
     pub fn new(name: impl Into<String>, client: impl Into<String>) -> Actor {
-        Actor { name: name.into(), client: client.into() }
+        Actor { name: name.into(), client: client.into(), overrides_immutability: false }
     }
 
     /// Changes made on the host (`berth admin`, start-up), not through the API.

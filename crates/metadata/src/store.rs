@@ -1,4 +1,5 @@
 use crate::audit::{Actor, Record};
+use crate::immutability::{self, Immutability, Refusal};
 use berth_proto::Digest;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
@@ -176,7 +177,23 @@ pub struct Referrer {
 pub enum PutManifestError {
     /// A referenced blob or child manifest is not in the repository.
     Missing(String),
+    /// The tag is immutable and names another manifest.
+    Immutable(Refusal),
     Db(sqlx::Error),
+}
+
+/// Why a tag or manifest was not deleted.
+#[derive(Debug)]
+pub enum DeleteError {
+    /// A tag it would remove is immutable at the level that forbids deleting.
+    Immutable(Refusal),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DeleteError {
+    fn from(e: sqlx::Error) -> Self {
+        DeleteError::Db(e)
+    }
 }
 
 impl From<sqlx::Error> for PutManifestError {
@@ -433,33 +450,74 @@ impl MetadataStore {
             }
         }
         let mut previous = None;
+        let mut overridden = false;
         if let Some(tag) = tag {
-            previous = sqlx::query("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2")
-                .bind(repo)
-                .bind(tag)
-                .fetch_optional(tx.conn())
-                .await?
-                .map(|r| r.try_get::<String, _>(0))
-                .transpose()?;
-            sqlx::query(
+            previous = Self::tagged(&mut tx, repo, tag).await?;
+            let protected = immutability::protection(&mut tx, repository, tag).await?;
+            // An immutable tag moves only if it still names this digest (or nothing):
+            // the condition is part of the write, so of two racing first pushes the
+            // second finds the first one's digest.
+            let guard = if protected.is_some() && !actor.overrides_immutability {
+                " WHERE tags.manifest_digest = $3"
+            } else {
+                overridden = protected.is_some();
+                ""
+            };
+            let sql = format!(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = $3, updated_at = $4",
-            )
-            .bind(repo)
-            .bind(tag)
-            .bind(m.digest.as_str())
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
+                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = $3, updated_at = $4{guard}"
+            );
+            let q = sqlx::query(&sql).bind(repo).bind(tag).bind(m.digest.as_str()).bind(now);
+            if q.execute(tx.conn()).await?.rows_affected() == 0 {
+                let digest = Self::tagged(&mut tx, repo, tag).await?.unwrap_or_default();
+                tx.rollback().await?;
+                let level = protected.unwrap_or(Immutability::Move);
+                return Err(PutManifestError::Immutable(Refusal { tag: tag.to_owned(), level, digest }));
+            }
         }
         let target = format!("{repository}@{}", m.digest);
         let detail = serde_json::json!({ "tag": tag, "media_type": m.media_type }).to_string();
         tx.audit(actor, Record::ok("manifest.push", &target).with(detail)).await?;
         if let (Some(tag), Some(previous)) = (tag, previous.filter(|p| p != m.digest.as_str())) {
             let detail = serde_json::json!({ "from": previous, "to": m.digest.as_str() }).to_string();
-            tx.audit(actor, Record::ok("tag.overwrite", &format!("{repository}:{tag}")).with(detail)).await?;
+            let action = if overridden { "tag.immutable_override" } else { "tag.overwrite" };
+            tx.audit(actor, Record::ok(action, &format!("{repository}:{tag}")).with(detail)).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The digest a tag names, read in `tx`.
+    async fn tagged(tx: &mut WriteTx, repo: i64, tag: &str) -> Result<Option<String>> {
+        sqlx::query("SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2")
+            .bind(repo)
+            .bind(tag)
+            .fetch_optional(tx.conn())
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()
+    }
+
+    /// Refuses to delete `tags` (naming `digest`) if one is immutable at the level that
+    /// forbids deleting, unless the actor overrides it (then audited).
+    async fn check_deletable(
+        tx: &mut WriteTx,
+        repository: &str,
+        tags: &[String],
+        digest: &str,
+        actor: &Actor,
+    ) -> std::result::Result<(), DeleteError> {
+        for tag in tags {
+            if immutability::protection(tx, repository, tag).await? != Some(Immutability::Delete) {
+                continue;
+            }
+            if !actor.overrides_immutability {
+                let refusal = Refusal { tag: tag.clone(), level: Immutability::Delete, digest: digest.to_owned() };
+                return Err(DeleteError::Immutable(refusal));
+            }
+            let detail = serde_json::json!({ "deleted": digest }).to_string();
+            tx.audit(actor, Record::ok("tag.immutable_override", &format!("{repository}:{tag}")).with(detail)).await?;
+        }
         Ok(())
     }
 
@@ -498,7 +556,12 @@ impl MetadataStore {
     }
 
     /// Deletes a manifest, the tags on it and its references. Returns false if absent.
-    pub async fn delete_manifest(&self, repository: &str, digest: &Digest, actor: &Actor) -> Result<bool> {
+    pub async fn delete_manifest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        actor: &Actor,
+    ) -> std::result::Result<bool, DeleteError> {
         let mut tx = self.begin().await?;
         let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository)
@@ -509,6 +572,17 @@ impl MetadataStore {
             return Ok(false);
         };
         let repo: i64 = repo.try_get(0)?;
+        let tags = first_column(
+            sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2")
+                .bind(repo)
+                .bind(digest.as_str())
+                .fetch_all(tx.conn())
+                .await?,
+        )?;
+        if let Err(refused) = Self::check_deletable(&mut tx, repository, &tags, digest.as_str(), actor).await {
+            tx.rollback().await?;
+            return Err(refused);
+        }
         let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
             .bind(repo)
             .bind(digest.as_str())
@@ -531,13 +605,39 @@ impl MetadataStore {
     }
 
     /// Removes one tag; the manifest stays. Returns false if there was no such tag.
-    pub async fn delete_tag(&self, repository: &str, tag: &str, actor: &Actor) -> Result<bool> {
-        let q = sqlx::query(
+    pub async fn delete_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        actor: &Actor,
+    ) -> std::result::Result<bool, DeleteError> {
+        let mut tx = self.begin().await?;
+        let found = sqlx::query(
+            "SELECT t.manifest_digest FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repository)
+        .bind(tag)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some(digest) = found.map(|r| r.try_get::<String, _>(0)).transpose()? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        if let Err(refused) = Self::check_deletable(&mut tx, repository, &[tag.to_owned()], &digest, actor).await {
+            tx.rollback().await?;
+            return Err(refused);
+        }
+        sqlx::query(
             "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository)
-        .bind(tag);
-        self.change_one(q, actor, Record::ok("tag.delete", &format!("{repository}:{tag}"))).await
+        .bind(tag)
+        .execute(tx.conn())
+        .await?;
+        tx.audit(actor, Record::ok("tag.delete", &format!("{repository}:{tag}"))).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Tag names after `last` in byte order, at most `limit`.

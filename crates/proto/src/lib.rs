@@ -10,6 +10,7 @@ pub mod listing;
 pub mod manifest;
 pub mod media;
 pub mod path;
+pub mod pattern;
 pub mod range;
 pub mod reference;
 
@@ -17,5 +18,6 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
 pub use listing::{decode_query, ListQuery};
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
+pub use pattern::wildcard;
 pub use range::ByteRange;
 pub use reference::{Reference, RepositoryName, Tag};

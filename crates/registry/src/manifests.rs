@@ -2,7 +2,7 @@
 
 use crate::cache::{self, ManifestEntry};
 use crate::{Actor, Registry, RegistryError, Result};
-use berth_metadata::{NewManifest, PutManifestError, StoredManifest};
+use berth_metadata::{DeleteError, NewManifest, PutManifestError, Refusal, StoredManifest};
 use berth_proto::{media, Algorithm, Digest, ErrorCode, Manifest, Reference, RepositoryName};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -54,6 +54,16 @@ fn missing(repo: &RepositoryName, target: &str) -> RegistryError {
         format!("manifest references {target}, which is not in repository {repo}"),
     )
     .with_detail(json!({ "digest": target }))
+}
+
+/// A write an immutability rule forbids: `DENIED`, naming the tag and what it keeps.
+fn immutable(repo: &RepositoryName, r: &Refusal) -> RegistryError {
+    let what = match r.level {
+        berth_metadata::Immutability::Move => "it cannot be moved",
+        berth_metadata::Immutability::Delete => "it cannot be moved or deleted",
+    };
+    RegistryError::new(ErrorCode::Denied, format!("tag {repo}:{} is immutable ({what}): it names {}", r.tag, r.digest))
+        .with_detail(json!({ "tag": r.tag, "digest": r.digest, "level": r.level.as_str() }))
 }
 
 impl Registry {
@@ -112,6 +122,7 @@ impl Registry {
         match put.await? {
             Ok(()) => Ok(ManifestPut { subject, digest }),
             Err(PutManifestError::Missing(target)) => Err(missing(repo, &target)),
+            Err(PutManifestError::Immutable(refusal)) => Err(immutable(repo, &refusal)),
             Err(PutManifestError::Db(e)) => Err(e.into()),
         }
     }
@@ -160,11 +171,12 @@ impl Registry {
                     Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d, &actor).await,
                 }
             })
-            .await??;
-        if deleted {
-            Ok(())
-        } else {
-            Err(self.manifest_unknown(repo, reference).await)
+            .await?;
+        match deleted {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.manifest_unknown(repo, reference).await),
+            Err(DeleteError::Immutable(refusal)) => Err(immutable(repo, &refusal)),
+            Err(DeleteError::Db(e)) => Err(e.into()),
         }
     }
 

@@ -421,3 +421,45 @@ async fn the_audit_log_records_changes_and_refusals() {
     assert_eq!(older["events"][0]["target"], format!("loose@{}", m1.digest));
     call(&root, Method::GET, "/api/v1/audit?since=yesterday", None).await.status(400);
 }
+
+/// Immutability rules through the admin API: a namespace admin manages its own, nobody
+/// else's; a registry admin may override a rule on a single request, and that is audited.
+#[tokio::test]
+async fn immutability_rules_are_managed_per_namespace_and_overrides_are_audited() {
+    let (_dir, s) = server().await;
+    let root = as_user(&s, ROOT.0, ROOT.1);
+    admin_ok(&root, Method::POST, "/api/v1/namespaces", Some(json!({ "name": "team" }))).await;
+    admin_ok(&root, Method::POST, "/api/v1/users", Some(json!({ "name": "lead", "password": "lead-password" }))).await;
+    let lead_role = Some(json!({ "role": "admin" }));
+    admin_ok(&root, Method::PUT, "/api/v1/namespaces/team/members/user/lead", lead_role).await;
+    let lead = as_user(&s, "lead", "lead-password");
+    let rule = json!({ "repositories": "*", "tags": "v*", "except": ["*-dev"], "level": "delete" });
+    let made = admin_ok(&lead, Method::POST, "/api/v1/namespaces/team/immutability", Some(rule.clone())).await;
+    let id = made["id"].as_i64().unwrap();
+    assert_eq!((made["level"].as_str(), made["declared"].as_bool()), (Some("delete"), Some(false)));
+    let listed = admin_ok(&lead, Method::GET, "/api/v1/namespaces/team/immutability", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    // To anyone else the namespace does not exist.
+    let outsider = as_user(&s, "outsider", "outsider-pw");
+    call(&outsider, Method::GET, "/api/v1/namespaces/team/immutability", None).await.status(404);
+    call(&outsider, Method::POST, "/api/v1/namespaces/team/immutability", Some(rule.clone())).await.status(404);
+    let bad = json!({ "repositories": "*", "tags": "v*", "level": "forever" });
+    call(&lead, Method::POST, "/api/v1/namespaces/team/immutability", Some(bad)).await.status(400);
+
+    let v1 = lead.push_image("team/app", "v1", "one").await;
+    let (config, layer) = lead.push_image_blobs("team/app", "two").await;
+    let two = to_bytes(&image_manifest(OCI_MANIFEST, &config, &[layer]));
+    lead.put_manifest("team/app", "v1", OCI_MANIFEST, &two).await.error(403, "DENIED");
+    // The override header counts only from a registry admin.
+    let force = [("content-type", OCI_MANIFEST), ("berth-override-immutability", "true")];
+    lead.send(Method::PUT, "/v2/team/app/manifests/v1", &force, Some(two.clone())).await.error(403, "DENIED");
+    root.send(Method::PUT, "/v2/team/app/manifests/v1", &force, Some(two.clone())).await.status(201);
+    let events = admin_ok(&root, Method::GET, "/api/v1/audit?action=tag.immutable_override", None).await;
+    let events = events["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["target"] == "team/app:v1" && e["actor"] == "root"), "{events:#?}");
+    assert!(events[0]["detail"].to_string().contains(&v1.digest), "the override names what it replaced");
+
+    call(&lead, Method::DELETE, &format!("/api/v1/namespaces/team/immutability/{id}"), None).await.status(204);
+    call(&lead, Method::DELETE, &format!("/api/v1/namespaces/team/immutability/{id}"), None).await.status(404);
+    lead.delete("/v2/team/app/manifests/v1").await.status(202);
+}

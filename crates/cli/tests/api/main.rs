@@ -9,6 +9,7 @@ mod blobs;
 mod concurrency;
 mod consistency;
 mod errors;
+mod immutability;
 mod limits;
 mod listing;
 mod manifests;
