@@ -79,10 +79,12 @@ EOF
     # One uWSGI worker with threads, speaking HTTP itself (--http-socket, no router process);
     # --master and --die-on-term so SIGTERM stops it (a bare uWSGI master reloads on it);
     # --need-app so a broken config exits at once rather than answering 500; large headers
-    # for the tokens.
+    # for the tokens. --http-socket closes the connection after each answer without saying
+    # so, and a client that reuses it gets a reset: hence `Connection: close`.
     OS_KEYSTONE_CONFIG_DIR=$dir uwsgi --plugin python3 --http-socket "127.0.0.1:$port" \
       --wsgi-file /usr/bin/keystone-wsgi-public --master --die-on-term --need-app \
-      --processes 1 --threads 4 --buffer-size 65535 >"$dir/keystone.log" 2>&1 </dev/null &
+      --processes 1 --threads 4 --buffer-size 65535 --add-header "Connection: close" \
+      >"$dir/keystone.log" 2>&1 </dev/null &
     echo $! >"$dir/keystone.pid"
     # Ready when this uWSGI has bound the port (else what answers may be someone else's: a
     # taken port makes it exit, but not at once) and the application answers. The socket is

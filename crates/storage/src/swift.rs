@@ -50,6 +50,9 @@ pub(crate) struct Login {
     pub(crate) storage_url: String,
 }
 
+/// How often one login is tried (see [`SwiftLogin::login`]).
+const LOGIN_ATTEMPTS: u32 = 3;
+
 /// Log in again this long before a token expires, so that no request carries a token
 /// that expires on its way.
 const RENEW_BEFORE: Duration = Duration::from_secs(120);
@@ -63,7 +66,25 @@ impl SwiftLogin {
         }
     }
 
+    /// Logs in; a login the network or the auth server failed (a dropped connection, a
+    /// 5xx) is tried again, up to [`LOGIN_ATTEMPTS`] times: it changes nothing, so
+    /// repeating it is safe.
     pub(crate) async fn login(&self, http: &HttpTransporter) -> io::Result<Login> {
+        let mut pause = Duration::from_millis(100);
+        for _ in 1..LOGIN_ATTEMPTS {
+            match self.login_once(http).await {
+                Err(e) if e.kind() == io::ErrorKind::NetworkDown => {
+                    tracing::debug!(error = %e, "Swift login failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                done => return done,
+            }
+        }
+        self.login_once(http).await
+    }
+
+    async fn login_once(&self, http: &HttpTransporter) -> io::Result<Login> {
         match self.version() {
             1 => self.login_v1(http).await,
             3 => self.login_v3(http).await,
