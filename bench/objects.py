@@ -228,17 +228,24 @@ def table(rows: list[dict], alone: float, cfg: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, name: str, full: dict, smoke: dict) -> tuple[dict, str, str, str]:
+    """The command line of `bench/NAME.py [--smoke] [--out FILE]`: the sizes, the command as the
+    table quotes it, where the table goes (docs/BENCHMARKS-NAME.md, or a temporary file for a
+    smoke run) and a fresh work directory."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; the table goes to a temp file")
     ap.add_argument("--out", help="where the table goes")
     args = ap.parse_args()
-    cfg = SMOKE if args.smoke else FULL
-    command = "python3 bench/objects.py" + (" --smoke" if args.smoke else "")
-    out = args.out or (os.path.join(tempfile.gettempdir(), "berth-bench-objects-smoke.md") if args.smoke
-                       else os.path.join(REPO, "docs", "BENCHMARKS-objects.md"))
-    work = tempfile.mkdtemp(prefix="berth-bench-objects-")
+    command = f"python3 bench/{name}.py" + (" --smoke" if args.smoke else "")
+    out = args.out or (os.path.join(tempfile.gettempdir(), f"berth-bench-{name}-smoke.md") if args.smoke
+                       else os.path.join(REPO, "docs", f"BENCHMARKS-{name}.md"))
+    work = tempfile.mkdtemp(prefix=f"berth-bench-{name}-")
     os.chmod(work, 0o755)
+    return (smoke if args.smoke else full), command, out, work
+
+
+def main():
+    cfg, command, out, work = arguments(__doc__, "objects", FULL, SMOKE)
     stops, servers = [], []
     try:
         pg, stop = engine("postgres.sh", work)

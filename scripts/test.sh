@@ -43,7 +43,7 @@ step "cargo test (release profile: the same build as the binary), LDAP sign-in a
 BERTH_TEST_LDAP="$ldap_url" BERTH_TEST_LDAP_CA="$pgdir/ldap/ca.pem" cargo test --release --workspace --locked
 
 step "the API tests again on PostgreSQL with blobs in S3, PostgreSQL's own race tests, the storage suite on S3, Azure, GCS and Swift (TempAuth and Keystone v3)"
-BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" BERTH_TEST_AZURE="$azure_url" BERTH_TEST_GCS="$gcs_url" BERTH_TEST_SWIFT="$swift_url" BERTH_TEST_KEYSTONE="$keystone_url" cargo test --release --workspace --locked --lib --test api --test postgres
+BERTH_TEST_POSTGRES="$pg_url" BERTH_TEST_S3="$s3_url" BERTH_TEST_AZURE="$azure_url" BERTH_TEST_GCS="$gcs_url" BERTH_TEST_SWIFT="$swift_url" BERTH_TEST_KEYSTONE="$keystone_url" cargo test --release --workspace --locked --lib --test api --test postgres --test gc
 
 step "OCI distribution-spec conformance suite, on the filesystem and on S3 + PostgreSQL"
 BERTH_BIN="$PWD/target/release/berth" BERTH_TEST_S3="$s3_url" BERTH_TEST_POSTGRES="$pg_url" bash scripts/conformance.sh

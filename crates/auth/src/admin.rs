@@ -94,7 +94,8 @@ fn check_password(password: &str) -> Result<()> {
 }
 
 impl Authenticator {
-    fn require_admin(&self, by: &Acting) -> Result<()> {
+    /// Refuses anyone but an administrator (operations on the whole registry).
+    pub fn require_admin(&self, by: &Acting) -> Result<()> {
         if by.is_admin() {
             Ok(())
         } else {

@@ -54,6 +54,14 @@ enum AdminCommand {
     },
     /// Who you are signed in as.
     Me,
+    /// Run a garbage-collection pass on the server now and print its report.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Also list the store for objects without a record.
+        #[arg(long)]
+        scan_storage: bool,
+    },
     /// On the registry's host: create an administrator in the database (or make an
     /// existing user one, with a new password), with no server and no sign-in. The
     /// password is read from stdin, or made up and printed. On SQLite, stop the server
@@ -239,6 +247,9 @@ pub async fn run(admin: Admin) -> anyhow::Result<()> {
         AdminCommand::Teams(c) => teams(c),
         AdminCommand::Namespaces(c) => namespaces(c),
         AdminCommand::Me => call(Method::GET, &["me"]),
+        AdminCommand::Gc { dry_run, scan_storage } => {
+            call(Method::POST, &["gc"]).body(json!({ "dry_run": dry_run, "scan_storage": scan_storage }))
+        }
         AdminCommand::Audit { actor, action, target, since, limit } => {
             let mut c = call(Method::GET, &["audit"]);
             let filters = [("actor", actor), ("action", action), ("target", target), ("since", since)];

@@ -12,7 +12,7 @@ pub mod admin;
 pub mod login;
 use berth_http::{EdgeOptions, ServerLimits};
 use berth_metadata::{Immutability, ImmutabilityRule, MetadataStore, Role};
-use berth_registry::{Reconciled, Registry, Settings};
+use berth_registry::{GcOptions, Reconciled, Registry, Settings};
 use berth_storage::{
     AzureSettings, BlobStore, FsBlobStore, GcsSettings, Name, ObjectBlobStore, S3Settings, SwiftLogin, SwiftSettings,
 };
@@ -41,6 +41,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         max_sessions_per_repository: uploads.maxsessionsperrepository,
         max_sessions: uploads.maxsessions,
         orphan_grace: uploads.orphangrace,
+        gc_grace: config.berth.gc.grace,
     };
     let auth = match auth_settings(config)? {
         Some(settings) => Some(Arc::new(Authenticator::new(settings, meta.clone()).await?)),
@@ -412,6 +413,9 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
         tracing::warn!("read-only mode (storage.maintenance.readonly): every write is refused");
     }
     tokio::spawn(maintain_uploads(app.registry.clone(), config.storage.maintenance.uploadpurging.clone()));
+    if config.berth.gc.enabled && !config.storage.maintenance.readonly.enabled {
+        tokio::spawn(collect_garbage(app.registry.clone(), config.berth.gc.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
     let tls = tls(&config)?;
@@ -440,6 +444,46 @@ async fn maintain_uploads(registry: Arc<Registry>, purging: UploadPurging) {
             Err(e) => tracing::warn!(error = %e.message, "purging idle upload sessions failed"),
         }
     }
+}
+
+/// Online garbage collection: a pass every `interval`, listing the store for unrecorded
+/// objects every `storagescan`.
+async fn collect_garbage(registry: Arc<Registry>, gc: config::Gc) {
+    let mut ticks = tokio::time::interval(gc.interval.max(std::time::Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_scan: Option<tokio::time::Instant> = None;
+    loop {
+        ticks.tick().await;
+        let scan = last_scan.is_none_or(|at| at.elapsed() >= gc.storagescan);
+        let opts = GcOptions { grace: gc.grace, scan_storage: scan, ..GcOptions::default() };
+        match registry.collect_garbage(&opts).await {
+            Ok(r) => {
+                if scan {
+                    last_scan = Some(tokio::time::Instant::now());
+                }
+                if r.links + r.blob_count + r.orphans_seen + r.failed > 0 {
+                    tracing::info!(
+                        links = r.links,
+                        blobs = r.blob_count,
+                        bytes = r.bytes,
+                        orphans_seen = r.orphans_seen,
+                        failed = r.failed,
+                        "garbage collection pass"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message, "garbage collection pass failed; the next one retries"),
+        }
+    }
+}
+
+/// `berth gc` and `berth garbage-collect`: one pass on the configured stores, from this
+/// process. On SQLite the server must be stopped (one process owns the database; `berth
+/// admin gc` asks a running server); on PostgreSQL it runs beside the instances.
+pub async fn gc_once(config: &Config, dry_run: bool, scan_storage: bool) -> anyhow::Result<berth_registry::GcReport> {
+    let app = build(config).await?;
+    let opts = GcOptions { grace: config.berth.gc.grace, scan_storage, dry_run, ..GcOptions::default() };
+    app.registry.collect_garbage(&opts).await.map_err(|e| anyhow::anyhow!("garbage collection: {}", e.message))
 }
 
 async fn shutdown_signal() {

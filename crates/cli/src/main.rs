@@ -39,6 +39,25 @@ enum Command {
     /// Manage users, robots, teams, namespaces and roles, and read the audit log, through
     /// the admin API; `bootstrap` creates an administrator on the host.
     Admin(berth::admin::Admin),
+    /// Run one garbage-collection pass on the configured stores and print what it freed
+    /// (or, with --dry-run, what it would free). Safe beside running instances on
+    /// PostgreSQL; on SQLite stop the server first, or use `berth admin gc`.
+    Gc {
+        /// Path of a YAML configuration file.
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        /// Also list the store for objects without a record (a crash leftover).
+        #[arg(long)]
+        scan_storage: bool,
+    },
+    /// registry:2's `garbage-collect`, for its habits: one pass, as `berth gc
+    /// --scan-storage`. Berth collects online; the registry need not be read-only.
+    GarbageCollect {
+        config: PathBuf,
+        #[arg(short = 'd', long)]
+        dry_run: bool,
+    },
     /// Check a configuration and print the effective settings, then exit.
     CheckConfig {
         /// Path of a YAML configuration file.
@@ -68,6 +87,30 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         builder.init();
     }
     berth_http::log_panics();
+    Ok(())
+}
+
+fn gc(config: Config, dry_run: bool, scan_storage: bool) -> anyhow::Result<()> {
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(berth::gc_once(&config, dry_run, scan_storage))?;
+    let verb = if dry_run { "would free" } else { "freed" };
+    for blob in &report.blobs {
+        println!("{}\t{}", blob.digest, blob.size);
+    }
+    if report.blob_count as usize > report.blobs.len() {
+        println!("... and {} more", report.blob_count as usize - report.blobs.len());
+    }
+    println!(
+        "{verb} {} blobs ({} bytes); {} unreferenced links{}",
+        report.blob_count,
+        report.bytes,
+        report.links,
+        if dry_run { " would be removed" } else { " removed" }
+    );
+    if report.failed > 0 {
+        anyhow::bail!("{} deletions failed; the next pass retries them", report.failed);
+    }
     Ok(())
 }
 
@@ -101,6 +144,8 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(admin) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(berth::admin::run(admin))
         }
+        Command::Gc { config, dry_run, scan_storage } => gc(load(config.as_ref())?, dry_run, scan_storage),
+        Command::GarbageCollect { config, dry_run } => gc(load(Some(&config))?, dry_run, true),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             config.log_level()?;

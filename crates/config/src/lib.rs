@@ -462,6 +462,37 @@ pub struct Berth {
     /// Tag immutability rules declared here (the admin API adds more per namespace).
     #[serde(default)]
     pub immutability: Vec<ImmutabilityRule>,
+    #[serde(default)]
+    pub gc: Gc,
+}
+
+/// `berth.gc`: online garbage collection inside `berth serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gc {
+    pub enabled: bool,
+    /// Time between passes (each instance runs its own; they share the work).
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// How long a blob no manifest references stays linked to its repository (layers
+    /// pushed for a manifest that comes later), and how long an object found in
+    /// storage without a record stays.
+    #[serde(with = "duration")]
+    pub grace: Duration,
+    /// How often a pass also lists the store for objects without a record.
+    #[serde(with = "duration")]
+    pub storagescan: Duration,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            grace: Duration::from_secs(24 * 3600),
+            storagescan: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `berth.immutability[]`: the tags matching `tags` (less `except`) in the repositories of

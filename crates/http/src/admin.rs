@@ -19,6 +19,7 @@ use berth_auth::{AuthError, Credentials, Principal};
 use berth_metadata::{
     Actor, AuditQuery, Immutability, ImmutabilityRule, Member, MemberKind, Role, UserRecord, ROBOT_PREFIX,
 };
+use berth_registry::GcOptions;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -40,6 +41,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/v1/namespaces/{name}/immutability", get(list_immutability).post(add_immutability))
         .route("/api/v1/namespaces/{name}/immutability/{id}", axum::routing::delete(remove_immutability))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/gc", axum::routing::post(run_gc))
 }
 
 #[derive(OpenApi)]
@@ -48,7 +50,7 @@ pub(crate) fn routes() -> Router<App> {
     paths(me, list_users, create_user, get_user, update_user, delete_user, create_robot, list_teams, create_team,
           get_team, update_team, delete_team, add_team_member, remove_team_member, list_namespaces, create_namespace, get_namespace,
           update_namespace, delete_namespace, list_members, set_member, remove_member, list_immutability,
-          add_immutability, remove_immutability, audit),
+          add_immutability, remove_immutability, audit, run_gc),
     modifiers(&BasicAuth),
     security(("basic" = []))
 )]
@@ -822,4 +824,35 @@ async fn audit(State(app): State<App>, Caller(by): Caller, q: Result<Query<Audit
         })
         .collect();
     ok(StatusCode::OK, &AuditPage { events, next_before })
+}
+
+/// What a garbage-collection pass is asked to do.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+struct GcRequest {
+    /// Report what would be freed; change nothing.
+    dry_run: bool,
+    /// Also list the store for objects without a record (a full listing).
+    scan_storage: bool,
+}
+
+/// Runs one garbage-collection pass now, with the configured grace period, and answers
+/// with its report: links removed, blobs freed (digest and size, the first thousand
+/// listed), bytes, failures left for the next pass.
+#[utoipa::path(post, path = "/api/v1/gc", tag = "maintenance", request_body = GcRequest, responses(
+    (status = 200, description = "The pass's report"), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn run_gc(State(app): State<App>, Caller(by): Caller, bytes: Bytes) -> Answer {
+    authenticator(&app).require_admin(&by)?;
+    let req: GcRequest = if bytes.is_empty() { GcRequest::default() } else { body(&bytes)? };
+    let opts = GcOptions {
+        grace: app.registry.settings().gc_grace,
+        dry_run: req.dry_run,
+        scan_storage: req.scan_storage,
+        ..GcOptions::default()
+    };
+    let report = app.registry.collect_garbage(&opts).await.map_err(|e| {
+        Failure(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("garbage collection: {}", e.message))
+    })?;
+    ok(StatusCode::OK, &report)
 }

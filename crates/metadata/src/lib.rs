@@ -9,12 +9,14 @@
 mod access;
 mod audit;
 mod directory;
+mod gc;
 mod immutability;
 mod namespaces;
 mod store;
 
 pub use access::{SigningKey, UserRecord, OIDC_STAMP_PREFIX, ROBOT_PREFIX};
 pub use audit::{Actor, AuditEvent, AuditQuery};
+pub use gc::Collectable;
 pub use immutability::{is_signature_tag, Immutability, ImmutabilityRule, Refusal};
 pub use namespaces::{Member, MemberKind, NameRange, Namespace, NamespaceVisibility, Role, Standing};
 pub use store::*;

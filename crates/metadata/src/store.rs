@@ -179,6 +179,9 @@ pub enum PutManifestError {
     Missing(String),
     /// The tag is immutable and names another manifest.
     Immutable(Refusal),
+    /// The hold on the manifest's digest expired before the commit: its stored bytes may
+    /// be collected, so it is not recorded.
+    HoldLost,
     Db(sqlx::Error),
 }
 
@@ -254,6 +257,10 @@ impl MetadataStore {
     /// process): only then may it cache answers that later writes change.
     pub fn is_exclusive(&self) -> bool {
         self._lock.is_some()
+    }
+
+    pub(crate) fn is_sqlite(&self) -> bool {
+        self.sqlite
     }
 
     pub(crate) fn reader(&self) -> &AnyPool {
@@ -339,34 +346,31 @@ impl MetadataStore {
     }
 
     /// Records a durable blob, links it to the repository and closes the upload session
-    /// that produced it, in one transaction.
-    pub async fn commit_blob(&self, repository: &str, digest: &Digest, size: u64, upload: Option<&str>) -> Result<()> {
+    /// that produced it, in one transaction. The session must still hold the digest
+    /// ([`MetadataStore::hold_blob`]); false, and nothing recorded, if its hold expired.
+    pub async fn commit_blob(&self, repository: &str, digest: &Digest, size: u64, upload: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let repo = Self::ensure_repository(&mut tx, repository).await?;
-        let now = now_millis();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest.as_str())
-            .bind(size as i64)
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-        Self::link(&mut tx, repo, digest, now).await?;
-        if let Some(id) = upload {
-            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(tx.conn()).await?;
+        self.lock_digest(&mut tx, digest.as_str(), true).await?;
+        if !Self::settle_hold(&mut tx, upload, digest, size).await? {
+            tx.rollback().await?;
+            return Ok(false);
         }
-        tx.commit().await
+        let repo = Self::ensure_repository(&mut tx, repository).await?;
+        self.link(&mut tx, repo, digest).await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1").bind(upload).execute(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn link(tx: &mut WriteTx, repo: i64, digest: &Digest, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (repository_id, digest) DO NOTHING",
-        )
-        .bind(repo)
-        .bind(digest.as_str())
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
+    /// Links a blob to a repository, or renews the link's age: collection takes links
+    /// nothing references only once they are older than its grace period.
+    async fn link(&self, tx: &mut WriteTx, repo: i64, digest: &Digest) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, {}) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
+            self.clock()
+        );
+        sqlx::query(&sql).bind(repo).bind(digest.as_str()).execute(tx.conn()).await?;
         Ok(())
     }
 
@@ -374,6 +378,8 @@ impl MetadataStore {
     /// Returns false when the blob is not known to the registry.
     pub async fn mount_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
         let mut tx = self.begin().await?;
+        // Under the digest's lock a blob with a row is not being collected.
+        self.lock_digest(&mut tx, digest.as_str(), true).await?;
         let known = sqlx::query("SELECT 1 FROM blobs WHERE digest = $1")
             .bind(digest.as_str())
             .fetch_optional(tx.conn())
@@ -381,7 +387,7 @@ impl MetadataStore {
             .is_some();
         if known {
             let repo = Self::ensure_repository(&mut tx, repository).await?;
-            Self::link(&mut tx, repo, digest, now_millis()).await?;
+            self.link(&mut tx, repo, digest).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -405,14 +411,22 @@ impl MetadataStore {
 
     /// Records a manifest, what it references, and optionally moves a tag to it, in one
     /// transaction. Every referenced blob and child manifest must be in the repository.
+    /// `hold` held the manifest's digest while its bytes were stored at their content
+    /// address ([`MetadataStore::hold_blob`]).
     pub async fn put_manifest(
         &self,
         repository: &str,
         m: &NewManifest<'_>,
         tag: Option<&str>,
+        hold: &str,
         actor: &Actor,
     ) -> std::result::Result<(), PutManifestError> {
         let mut tx = self.begin().await?;
+        self.lock_digest(&mut tx, m.digest.as_str(), true).await?;
+        if !Self::settle_hold(&mut tx, hold, m.digest, m.content.len() as u64).await? {
+            tx.rollback().await?;
+            return Err(PutManifestError::HoldLost);
+        }
         let repo = Self::ensure_repository(&mut tx, repository).await?;
         if let Some(target) = first_missing(tx.conn(), repo, m, self.lock_clause()).await? {
             tx.rollback().await?;
@@ -701,7 +715,10 @@ impl MetadataStore {
     }
 
     /// Runs one statement as its own write transaction.
-    async fn write_one<'q>(&self, q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>) -> Result<u64> {
+    pub(crate) async fn write_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<u64> {
         let mut tx = self.begin().await?;
         let n = q.execute(tx.conn()).await?.rows_affected();
         tx.commit().await?;

@@ -4,52 +4,12 @@
 //! waits, so nothing depends on timing. Skipped, with a message, unless
 //! `BERTH_TEST_POSTGRES` names a server (`scripts/test.sh` starts one).
 
-use berth_metadata::{Actor, MetadataStore, NewManifest};
+mod common;
+
+use berth_metadata::{Actor, MetadataStore};
 use berth_proto::Digest;
+use common::{fresh_database, lock_waiters, manifest};
 use sqlx::{Connection, Executor, PgConnection};
-use std::time::Duration;
-
-/// A new, empty database on the test server.
-async fn fresh_database(test: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("BERTH_TEST_POSTGRES") else {
-        eprintln!("{test}: skipped, BERTH_TEST_POSTGRES is not set");
-        return None;
-    };
-    let name = format!("{test}_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(&admin).await.unwrap();
-    conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
-}
-
-/// Returns once at least `n` sessions of this database wait for a lock (polled: the
-/// condition, not the interval, is what the test waits for).
-async fn lock_waiters(conn: &mut PgConnection, n: i64) {
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-        if waiting >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn manifest(digest: &Digest) -> NewManifest<'_> {
-    NewManifest {
-        digest,
-        media_type: "application/vnd.oci.image.manifest.v1+json",
-        artifact_type: None,
-        subject: None,
-        annotations: None,
-        content: b"{}",
-        blobs: vec![],
-        children: vec![],
-    }
-}
 
 /// A tag pushed onto a manifest while the manifest is deleted ends with both (the push
 /// came last) or neither (the delete came last), never with a tag listed that points at
@@ -60,7 +20,8 @@ async fn a_tag_pushed_while_its_manifest_is_deleted_never_dangles() {
     let Some(url) = fresh_database("dangling_tag").await else { return };
     let store = MetadataStore::open(&url).await.unwrap();
     let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-    store.put_manifest("app", &manifest(&digest), None, &Actor::system()).await.unwrap();
+    assert!(store.hold_blob("first", &digest).await.unwrap());
+    store.put_manifest("app", &manifest(&digest, vec![]), None, "first", &Actor::system()).await.unwrap();
 
     let mut blocker = PgConnection::connect(&url).await.unwrap();
     blocker.execute("BEGIN").await.unwrap();
@@ -70,8 +31,9 @@ async fn a_tag_pushed_while_its_manifest_is_deleted_never_dangles() {
     let push = tokio::spawn({
         let (store, digest) = (store.clone(), digest.clone());
         async move {
+            assert!(store.hold_blob("second", &digest).await.unwrap());
             store
-                .put_manifest("app", &manifest(&digest), Some("v1"), &Actor::system())
+                .put_manifest("app", &manifest(&digest, vec![]), Some("v1"), "second", &Actor::system())
                 .await
                 .map_err(|e| format!("{e:?}"))
         }

@@ -27,6 +27,16 @@ impl RegistryError {
             .with_detail(serde_json::json!({ "digest": digest.as_str() }))
     }
 
+    /// A write of `digest`'s bytes that met its garbage collection: nothing was
+    /// recorded, and a retry succeeds once the collected bytes are gone.
+    pub fn collecting(digest: &Digest) -> RegistryError {
+        RegistryError::new(
+            ErrorCode::Unavailable,
+            format!("{digest} is being garbage-collected at this moment: retry shortly"),
+        )
+        .with_detail(serde_json::json!({ "digest": digest.as_str() }))
+    }
+
     pub fn upload_unknown() -> RegistryError {
         RegistryError::new(ErrorCode::BlobUploadUnknown, ErrorCode::BlobUploadUnknown.message())
     }

@@ -6,6 +6,7 @@
 
 mod cache;
 mod error;
+mod gc;
 mod listing;
 mod maintenance;
 mod manifests;
@@ -16,6 +17,7 @@ mod uploads;
 pub use berth_metadata::{Actor, NameRange};
 pub use cache::ManifestEntry;
 pub use error::{RegistryError, Result};
+pub use gc::{GcOptions, GcReport};
 pub use listing::Page;
 pub use maintenance::Reconciled;
 pub use manifests::{ManifestPut, Referrers};
@@ -47,6 +49,9 @@ pub struct Settings {
     /// How old a spool without a session (or a session without a spool) must be before
     /// it counts as a crash leftover: younger ones may belong to a request in flight.
     pub orphan_grace: Duration,
+    /// How long garbage collection leaves an unreferenced link, or an unrecorded object
+    /// found in storage (`berth.gc.grace`).
+    pub gc_grace: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +65,7 @@ impl Default for Settings {
             max_sessions_per_repository: 1_000,
             max_sessions: 10_000,
             orphan_grace: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -85,6 +91,16 @@ impl Registry {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The metadata store (for maintenance tools and the protocol's tests).
+    pub fn metadata(&self) -> &MetadataStore {
+        &self.meta
+    }
+
+    /// The blob store (for maintenance tools and the protocol's tests).
+    pub fn blob_store(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
     }
 
     /// Runs a metadata write to `repo` to completion even if the request that started it

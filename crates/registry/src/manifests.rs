@@ -112,17 +112,43 @@ impl Registry {
             return Err(missing(repo, &target));
         }
         // The bytes go to the blob store too, so the data directory alone holds every
-        // manifest (registry:2 keeps them there) and metadata can be rebuilt from it.
+        // manifest (registry:2 keeps them there) and metadata can be rebuilt from it;
+        // held against collection until the manifest's row records them.
+        let hold = uuid::Uuid::new_v4().to_string();
+        if !self.meta.hold_blob(&hold, &digest).await? {
+            return Err(RegistryError::collecting(&digest));
+        }
+        let put = self.store_and_record(repo, &hold, record, tag, actor).await;
+        if put.is_err() {
+            self.meta.release_blob(&hold).await.ok();
+        }
+        put
+    }
+
+    /// The held part of [`Registry::put_manifest`]: the copy at the content address,
+    /// then the transaction that records the manifest.
+    async fn store_and_record(
+        &self,
+        repo: &RepositoryName,
+        hold: &str,
+        record: Record,
+        tag: Option<String>,
+        actor: &Actor,
+    ) -> Result<ManifestPut> {
+        let digest = record.digest.clone();
         if self.blobs.stat(&digest).await?.is_none() {
             self.blobs.put_bytes(&digest, record.content.clone()).await?;
         }
         let (meta, name, subject, actor) = (self.meta.clone(), repo.clone(), record.subject.clone(), actor.clone());
-        let put = self
-            .write(repo, async move { meta.put_manifest(name.as_str(), &record.view(), tag.as_deref(), &actor).await });
+        let hold = hold.to_owned();
+        let put = self.write(repo, async move {
+            meta.put_manifest(name.as_str(), &record.view(), tag.as_deref(), &hold, &actor).await
+        });
         match put.await? {
             Ok(()) => Ok(ManifestPut { subject, digest }),
             Err(PutManifestError::Missing(target)) => Err(missing(repo, &target)),
             Err(PutManifestError::Immutable(refusal)) => Err(immutable(repo, &refusal)),
+            Err(PutManifestError::HoldLost) => Err(RegistryError::collecting(&digest)),
             Err(PutManifestError::Db(e)) => Err(e.into()),
         }
     }

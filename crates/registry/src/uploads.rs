@@ -261,11 +261,26 @@ impl Registry {
             )
             .with_detail(serde_json::json!({ "expected": digest.as_str(), "actual": actual.as_str() })));
         }
-        self.blobs.complete(upload, digest).await?;
+        // Held from before the bytes are published until the commit that links them, so
+        // collection cannot delete them in between. A refused hold leaves the session as
+        // it was: the client's retry of this request completes it.
+        if !self.meta.hold_blob(id, digest).await? {
+            return Err(RegistryError::collecting(digest));
+        }
+        if let Err(e) = self.blobs.complete(upload, digest).await {
+            self.meta.release_blob(id).await.ok();
+            return Err(e.into());
+        }
         let offset = session.size;
         let (meta, name, d) = (self.meta.clone(), repo.clone(), digest.clone());
-        let id = id.to_owned();
-        self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, Some(&id)).await }).await??;
+        let owner = id.to_owned();
+        let committed = self.write(repo, async move { meta.commit_blob(name.as_str(), &d, offset, &owner).await });
+        if !committed.await?? {
+            // The hold expired (a publish slower than the hold's lease): the staged bytes
+            // are spent and the published ones may be collected, so the session ends.
+            self.discard_upload(id).await?;
+            return Err(RegistryError::collecting(digest));
+        }
         Ok(offset)
     }
 

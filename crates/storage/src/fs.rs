@@ -7,9 +7,13 @@
 
 use crate::local::{blocking, create_dir_durable, read_file, remove_if_exists, sync_dir};
 use crate::spool::Spool;
-use crate::{blob_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock};
+use crate::{
+    blob_key, digest_of_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock, BLOBS,
+};
 use berth_proto::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -54,6 +58,35 @@ impl FsBlobStore {
         std::fs::rename(staged, &target)?;
         sync_dir(dir)
     }
+}
+
+/// Sends every `<alg>/<2 hex>/<hex>/data` under the blobs directory, with its size, until
+/// the receiver is gone. Directories without `data` (a delete that left its directory)
+/// are skipped.
+fn walk_blobs(root: &Path, tx: &tokio::sync::mpsc::Sender<io::Result<(Digest, u64)>>) -> io::Result<()> {
+    let dirs = |dir: &Path| -> io::Result<Vec<PathBuf>> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    };
+    for alg in dirs(&root.join(BLOBS))? {
+        for prefix in dirs(&alg)? {
+            for blob in dirs(&prefix)? {
+                let Ok(key) = blob.join("data").strip_prefix(root).map(|k| k.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                let (Some(digest), Ok(meta)) = (digest_of_key(&key), std::fs::metadata(blob.join("data"))) else {
+                    continue;
+                };
+                if tx.blocking_send(Ok((digest, meta.len()))).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -133,12 +166,27 @@ impl BlobStore for FsBlobStore {
         let path = self.blob_path(digest);
         blocking(move || {
             remove_if_exists(&path)?;
-            match sync_dir(path.parent().expect("blob paths have a directory")) {
+            let dir = path.parent().expect("blob paths have a directory");
+            // registry:2 removes the blob's directory too. Nothing publishes into it
+            // meanwhile: collection deletes only digests no writer holds.
+            match std::fs::remove_dir(dir) {
+                Ok(()) => sync_dir(dir.parent().expect("blob directories have a parent")),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                synced => synced,
+                Err(_) => sync_dir(dir),
             }
         })
         .await
+    }
+
+    fn list_blobs(&self) -> BoxStream<'static, io::Result<(Digest, u64)>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = walk_blobs(&root, &tx) {
+                tx.blocking_send(Err(e)).ok();
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
     }
 
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {

@@ -136,6 +136,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// not an error.
     async fn delete(&self, digest: &Digest) -> io::Result<()>;
 
+    /// Every blob in the store with its size, in no particular order; object stores may
+    /// list stale. For finding objects a crash left unrecorded: a listing only ever
+    /// nominates them, the metadata decides.
+    fn list_blobs(&self) -> BoxStream<'static, io::Result<(Digest, u64)>>;
+
     /// Size of a stored blob, if present.
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
 
@@ -153,8 +158,22 @@ pub trait BlobStore: Send + Sync + 'static {
 /// registry:2 store can be adopted in place.
 pub fn blob_key(digest: &Digest) -> String {
     let hex = digest.hex();
-    format!("docker/registry/v2/blobs/{}/{}/{hex}/data", digest.algorithm().name(), &hex[..2])
+    format!("{BLOBS}{}/{}/{hex}/data", digest.algorithm().name(), &hex[..2])
 }
+
+/// The digest a blob key (relative to the store's root) is the address of.
+pub fn digest_of_key(key: &str) -> Option<Digest> {
+    let rest = key.strip_prefix(BLOBS)?.strip_suffix("/data")?;
+    let mut parts = rest.split('/');
+    let (alg, prefix, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !hex.starts_with(prefix) || prefix.len() != 2 {
+        return None;
+    }
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// Where blobs live, relative to the store's root.
+pub(crate) const BLOBS: &str = "docker/registry/v2/blobs/";
 
 /// The behaviour every backend must show, run against each of them.
 #[cfg(test)]
@@ -265,11 +284,29 @@ mod tests {
         store.abort(i4).await.unwrap();
         assert!(!staged_ids(store).await.iter().any(|id| id == i4));
 
+        // The listing has every blob with its size.
+        let listed: Vec<(Digest, u64)> = store.list_blobs().map(|r| r.unwrap()).collect().await;
+        for (d, size) in [(&digest, 11), (&abc, 3), (&nothing, 0), (&m, 2)] {
+            assert!(listed.contains(&(d.clone(), size)), "{d} listed with size {size} in {listed:?}");
+        }
+
         // Deleted blobs are gone, others stay; deleting a missing one is no error.
         store.delete(&abc).await.unwrap();
         assert_eq!(store.stat(&abc).await.unwrap(), None);
         store.delete(&abc).await.unwrap();
         assert_eq!(store.stat(&digest).await.unwrap(), Some(11));
+        let listed: Vec<(Digest, u64)> = store.list_blobs().map(|r| r.unwrap()).collect().await;
+        assert!(!listed.iter().any(|(d, _)| d == &abc), "a deleted blob is not listed");
+    }
+
+    #[test]
+    fn blob_keys_name_their_digest() {
+        let d = Digest::of(Algorithm::Sha256, b"x");
+        assert_eq!(digest_of_key(&blob_key(&d)), Some(d.clone()));
+        let key = blob_key(&d);
+        for bad in [key.replace("/data", "/link"), key.replace("blobs/sha256/", "blobs/sha256/zz/"), "data".into()] {
+            assert_eq!(digest_of_key(&bad), None, "{bad}");
+        }
     }
 
     fn fresh(id: &str) -> Staged<'_> {

@@ -10,9 +10,12 @@
 //! completes, which is the atomic publish the registry relies on.
 
 use crate::swift::{SwiftAuth, SwiftLogin};
-use crate::{blob_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock};
+use crate::{
+    blob_key, digest_of_key, AppendError, Appended, BlobStore, ByteRange, ByteStream, Staged, UploadLock, BLOBS,
+};
 use berth_proto::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use opendal::{ErrorKind, HttpTransporter, OperationContext, Operator};
 use std::collections::HashMap;
@@ -435,6 +438,18 @@ impl BlobStore for ObjectBlobStore {
             }
             None => Ok(()),
         }
+    }
+
+    fn list_blobs(&self) -> BoxStream<'static, io::Result<(Digest, u64)>> {
+        let op = self.op.clone();
+        let listing = async move { op.lister_with(BLOBS).recursive(true).await.map_err(typed) };
+        futures_util::stream::once(listing)
+            .map_ok(|lister| lister.map_err(typed))
+            .try_flatten()
+            .try_filter_map(|entry| async move {
+                Ok(digest_of_key(entry.path()).map(|d| (d, entry.metadata().content_length())))
+            })
+            .boxed()
     }
 
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {

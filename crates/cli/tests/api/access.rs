@@ -463,3 +463,23 @@ async fn immutability_rules_are_managed_per_namespace_and_overrides_are_audited(
     call(&lead, Method::DELETE, &format!("/api/v1/namespaces/team/immutability/{id}"), None).await.status(404);
     lead.delete("/v2/team/app/manifests/v1").await.status(202);
 }
+
+/// `POST /api/v1/gc` runs a pass for administrators only, with the configured grace,
+/// and answers with its report; a dry run frees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_administrators_run_garbage_collection() {
+    let (_dir, s) = server_with(&[("REGISTRY_BERTH_GC_GRACE", "0s")]).await;
+    let root = as_user(&s, ROOT.0, ROOT.1);
+    let loose = root.push_blob("nowhere/app", b"no manifest will reference this").await;
+    admin_ok(&root, Method::POST, "/api/v1/users", Some(json!({ "name": "plain", "password": "long-password" }))).await;
+    let plain = as_user(&s, "plain", "long-password");
+    call(&plain, Method::POST, "/api/v1/gc", None).await.status(403);
+    call(&root, Method::POST, "/api/v1/gc", Some(json!({ "dry_run": "yes" }))).await.status(400);
+    let dry = admin_ok(&root, Method::POST, "/api/v1/gc", Some(json!({ "dry_run": true }))).await;
+    assert_eq!((dry["blob_count"].clone(), dry["links"].clone()), (json!(1), json!(1)), "{dry}");
+    assert_eq!(dry["blobs"], json!([{ "digest": loose.digest, "size": loose.size }]));
+    root.head(&format!("/v2/nowhere/app/blobs/{}", loose.digest)).await.status(200);
+    let done = admin_ok(&root, Method::POST, "/api/v1/gc", None).await;
+    assert_eq!((done["blob_count"].clone(), done["bytes"].clone()), (json!(1), json!(loose.size)), "{done}");
+    root.head(&format!("/v2/nowhere/app/blobs/{}", loose.digest)).await.status(404);
+}

@@ -9,6 +9,7 @@ mod blobs;
 mod concurrency;
 mod consistency;
 mod errors;
+mod gc;
 mod immutability;
 mod limits;
 mod listing;
