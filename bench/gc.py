@@ -6,8 +6,8 @@ PostgreSQL on this machine, started by the project's scripts).
    `berth gc` with no grace period; blobs per minute is their count over the command's time
    (process start included).
 2. Under collection: for `seconds`, 4 clients push new 64 KiB blobs (each one garbage a
-   moment later) while wrk reads a manifest; once with collection off, once with a pass
-   every 100 ms and no grace, so passes free what the pushers just pushed while they push.
+   a second later) while wrk reads a manifest; once with collection off, once with a pass
+   every 100 ms and a grace of 1 s, so passes free what the pushers pushed while they push.
 
     python3 bench/gc.py [--smoke] [--out FILE]
 
@@ -101,7 +101,7 @@ def setup(name: str, work: str, env: dict, cfg: dict) -> dict:
     row["pass_s"] = seconds
 
     for mode, gc_env in (("off", {"REGISTRY_BERTH_GC_ENABLED": "false"}),
-                         ("on", {"REGISTRY_BERTH_GC_INTERVAL": "100ms", "REGISTRY_BERTH_GC_GRACE": "0s"})):
+                         ("on", {"REGISTRY_BERTH_GC_INTERVAL": "100ms", "REGISTRY_BERTH_GC_GRACE": "1s"})):
         s = RegistryServer("berth", os.path.join(work, name.split()[0] + "-" + mode))
         s.extra_env = {**env, **gc_env}
         s.start()
@@ -129,8 +129,8 @@ def table(rows: list[dict], cfg: dict, command: str) -> str:
         "Debian's, both on this machine. Collection rate: one `berth gc` (no grace) freeing "
         f"{cfg['blobs']} unreferenced 4 KiB blobs, process start included. Under collection: "
         f"{CLIENTS} clients pushing new 64 KiB blobs and wrk ({cfg['conns']} connections) reading a "
-        f"manifest for {cfg['seconds']} s, with collection off and with a pass every 100 ms and no grace "
-        "(the pushers' blobs are garbage at once, so passes delete while they push).",
+        f"manifest for {cfg['seconds']} s, with collection off and with a pass every 100 ms and a grace of "
+        "1 s (the pushers' blobs are garbage a second later, so passes delete while they push).",
         "",
         "| setup | blobs collected per minute | pass | collection | blob pushes/s | manifest GET req/s | p99 ms | blobs collected during the run |",
         "|---|---|---|---|---|---|---|---|",

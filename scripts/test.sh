@@ -57,3 +57,4 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
 step "benchmark smoke run"
 BERTH_BIN="$PWD/target/release/berth" bash bench/run.sh --smoke
 BERTH_BIN="$PWD/target/release/berth" python3 bench/objects.py --smoke
+BERTH_BIN="$PWD/target/release/berth" python3 bench/gc.py --smoke

@@ -18,6 +18,7 @@ use berth_storage::{
 };
 use config::{Config, UploadPurging};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The registry service and its HTTP router, built from a configuration.
 pub struct App {
@@ -42,6 +43,8 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         max_sessions: uploads.maxsessions,
         orphan_grace: uploads.orphangrace,
         gc_grace: config.berth.gc.grace,
+        gc_hold_lease: config.berth.gc.holdlease,
+        gc_untagged: untagged_policies(config)?,
     };
     let auth = match auth_settings(config)? {
         Some(settings) => Some(Arc::new(Authenticator::new(settings, meta.clone()).await?)),
@@ -129,6 +132,21 @@ async fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     };
     let store = ObjectBlobStore::s3(&settings).with_context(|| format!("`storage.s3` bucket {:?}", s3.bucket))?;
     Ok(Arc::new(store))
+}
+
+/// `berth.gc.untagged`, checked: `*` stands for every repository.
+fn untagged_policies(config: &Config) -> anyhow::Result<Vec<(String, std::time::Duration)>> {
+    config
+        .berth
+        .gc
+        .untagged
+        .iter()
+        .map(|p| match p.namespace.as_str() {
+            "*" => Ok((String::new(), p.grace)),
+            "" => bail!("`berth.gc.untagged`: `namespace` must not be empty (`*` for every repository)"),
+            ns => Ok((ns.trim_end_matches('/').to_owned(), p.grace)),
+        })
+        .collect()
 }
 
 /// `berth.immutability`, checked.
@@ -414,7 +432,7 @@ pub async fn serve(config: Config, allow_unauthenticated: bool) -> anyhow::Resul
     }
     tokio::spawn(maintain_uploads(app.registry.clone(), config.storage.maintenance.uploadpurging.clone()));
     if config.berth.gc.enabled && !config.storage.maintenance.readonly.enabled {
-        tokio::spawn(collect_garbage(app.registry.clone(), config.berth.gc.clone()));
+        tokio::spawn(collect_garbage(app.registry.clone(), config.berth.gc.interval, config.berth.gc.storagescan));
     }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, root = %config.root().display(), "berth is ready");
@@ -448,14 +466,14 @@ async fn maintain_uploads(registry: Arc<Registry>, purging: UploadPurging) {
 
 /// Online garbage collection: a pass every `interval`, listing the store for unrecorded
 /// objects every `storagescan`.
-async fn collect_garbage(registry: Arc<Registry>, gc: config::Gc) {
-    let mut ticks = tokio::time::interval(gc.interval.max(std::time::Duration::from_millis(100)));
+async fn collect_garbage(registry: Arc<Registry>, interval: Duration, storagescan: Duration) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_scan: Option<tokio::time::Instant> = None;
     loop {
         ticks.tick().await;
-        let scan = last_scan.is_none_or(|at| at.elapsed() >= gc.storagescan);
-        let opts = GcOptions { grace: gc.grace, scan_storage: scan, ..GcOptions::default() };
+        let scan = last_scan.is_none_or(|at| at.elapsed() >= storagescan);
+        let opts = GcOptions { scan_storage: scan, ..GcOptions::configured(registry.settings()) };
         match registry.collect_garbage(&opts).await {
             Ok(r) => {
                 if scan {
@@ -480,9 +498,19 @@ async fn collect_garbage(registry: Arc<Registry>, gc: config::Gc) {
 /// `berth gc` and `berth garbage-collect`: one pass on the configured stores, from this
 /// process. On SQLite the server must be stopped (one process owns the database; `berth
 /// admin gc` asks a running server); on PostgreSQL it runs beside the instances.
-pub async fn gc_once(config: &Config, dry_run: bool, scan_storage: bool) -> anyhow::Result<berth_registry::GcReport> {
+/// `delete_untagged` (registry:2's `--delete-untagged`) collects every untagged manifest
+/// that nothing keeps, now, whatever `berth.gc.untagged` says.
+pub async fn gc_once(
+    config: &Config,
+    dry_run: bool,
+    scan_storage: bool,
+    delete_untagged: bool,
+) -> anyhow::Result<berth_registry::GcReport> {
     let app = build(config).await?;
-    let opts = GcOptions { grace: config.berth.gc.grace, scan_storage, dry_run, ..GcOptions::default() };
+    let mut opts = GcOptions { scan_storage, dry_run, ..GcOptions::configured(app.registry.settings()) };
+    if delete_untagged {
+        opts.untagged = vec![(String::new(), Duration::ZERO)];
+    }
     app.registry.collect_garbage(&opts).await.map_err(|e| anyhow::anyhow!("garbage collection: {}", e.message))
 }
 

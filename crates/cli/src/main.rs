@@ -57,6 +57,10 @@ enum Command {
         config: PathBuf,
         #[arg(short = 'd', long)]
         dry_run: bool,
+        /// Also delete every untagged manifest now (index children and referrers of
+        /// kept manifests stay).
+        #[arg(short = 'm', long)]
+        delete_untagged: bool,
     },
     /// Check a configuration and print the effective settings, then exit.
     CheckConfig {
@@ -90,10 +94,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gc(config: Config, dry_run: bool, scan_storage: bool) -> anyhow::Result<()> {
+fn gc(config: Config, dry_run: bool, scan_storage: bool, delete_untagged: bool) -> anyhow::Result<()> {
     init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(berth::gc_once(&config, dry_run, scan_storage))?;
+    let report = runtime.block_on(berth::gc_once(&config, dry_run, scan_storage, delete_untagged))?;
     let verb = if dry_run { "would free" } else { "freed" };
     for blob in &report.blobs {
         println!("{}\t{}", blob.digest, blob.size);
@@ -102,10 +106,11 @@ fn gc(config: Config, dry_run: bool, scan_storage: bool) -> anyhow::Result<()> {
         println!("... and {} more", report.blob_count as usize - report.blobs.len());
     }
     println!(
-        "{verb} {} blobs ({} bytes); {} unreferenced links{}",
+        "{verb} {} blobs ({} bytes); {} unreferenced links and {} untagged manifests{}",
         report.blob_count,
         report.bytes,
         report.links,
+        report.manifests,
         if dry_run { " would be removed" } else { " removed" }
     );
     if report.failed > 0 {
@@ -144,8 +149,10 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(admin) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(berth::admin::run(admin))
         }
-        Command::Gc { config, dry_run, scan_storage } => gc(load(config.as_ref())?, dry_run, scan_storage),
-        Command::GarbageCollect { config, dry_run } => gc(load(Some(&config))?, dry_run, true),
+        Command::Gc { config, dry_run, scan_storage } => gc(load(config.as_ref())?, dry_run, scan_storage, false),
+        Command::GarbageCollect { config, dry_run, delete_untagged } => {
+            gc(load(Some(&config))?, dry_run, true, delete_untagged)
+        }
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             config.log_level()?;

@@ -482,6 +482,26 @@ pub struct Gc {
     /// How often a pass also lists the store for objects without a record.
     #[serde(with = "duration")]
     pub storagescan: Duration,
+    /// How long a writer may take from holding a digest (just before it publishes the
+    /// bytes) to recording them; after that the hold counts as abandoned (a crash) and
+    /// a late writer's commit fails, which its client retries.
+    #[serde(with = "duration")]
+    pub holdlease: Duration,
+    /// Namespaces whose untagged manifests are collected (elsewhere they are kept, for
+    /// digest pinning).
+    pub untagged: Vec<UntaggedPolicy>,
+}
+
+/// `berth.gc.untagged[]`: manifests of `namespace` (`"*"`: every repository) that no
+/// tag names, that are no index's child and no referrer of a manifest there, go once
+/// they were pushed longer than `grace` ago.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UntaggedPolicy {
+    #[serde(deserialize_with = "scalar")]
+    pub namespace: String,
+    #[serde(with = "duration")]
+    pub grace: Duration,
 }
 
 impl Default for Gc {
@@ -491,6 +511,8 @@ impl Default for Gc {
             interval: Duration::from_secs(3600),
             grace: Duration::from_secs(24 * 3600),
             storagescan: Duration::from_secs(24 * 3600),
+            holdlease: Duration::from_secs(3600),
+            untagged: Vec::new(),
         }
     }
 }
@@ -1039,6 +1061,20 @@ mod tests {
         assert_eq!(c.log_level().unwrap(), "debug");
         assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(7200));
         assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff".to_string()]);
+    }
+
+    /// `berth.gc` from a file, its scalars overridden by the environment.
+    #[test]
+    fn garbage_collection_settings() {
+        let c = load_file(
+            "berth:\n  gc:\n    grace: 2h\n    untagged:\n      - namespace: ci\n        grace: 72h\n      - namespace: '*'\n        grace: 30d\n",
+            &[("REGISTRY_BERTH_GC_INTERVAL", "5m"), ("REGISTRY_BERTH_GC_ENABLED", "false")],
+        );
+        let gc = &c.berth.gc;
+        assert_eq!((gc.enabled, gc.interval, gc.grace), (false, Duration::from_secs(300), Duration::from_secs(7200)));
+        assert_eq!((gc.holdlease, gc.storagescan), (Duration::from_secs(3600), Duration::from_secs(86400)));
+        let untagged: Vec<(&str, Duration)> = gc.untagged.iter().map(|p| (p.namespace.as_str(), p.grace)).collect();
+        assert_eq!(untagged, vec![("ci", Duration::from_secs(72 * 3600)), ("*", Duration::from_secs(30 * 86400))]);
     }
 
     /// registry:2's Swift settings, the password from the environment (digits stay a

@@ -846,10 +846,9 @@ async fn run_gc(State(app): State<App>, Caller(by): Caller, bytes: Bytes) -> Ans
     authenticator(&app).require_admin(&by)?;
     let req: GcRequest = if bytes.is_empty() { GcRequest::default() } else { body(&bytes)? };
     let opts = GcOptions {
-        grace: app.registry.settings().gc_grace,
         dry_run: req.dry_run,
         scan_storage: req.scan_storage,
-        ..GcOptions::default()
+        ..GcOptions::configured(app.registry.settings())
     };
     let report = app.registry.collect_garbage(&opts).await.map_err(|e| {
         Failure(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("garbage collection: {}", e.message))

@@ -15,6 +15,7 @@
 //! those transactions run one after the other per digest and each statement after the
 //! lock sees everything the previous one committed.
 
+use crate::audit::{Actor, Record};
 use crate::store::{first_column, MetadataStore, Result, WriteTx};
 use berth_proto::Digest;
 use sqlx::Row;
@@ -204,6 +205,77 @@ impl MetadataStore {
         Ok(true)
     }
 
+    // ---- untagged manifests -------------------------------------------------------
+
+    /// Deletes the untagged manifests of the repositories of `namespace` (every
+    /// repository for `""`) pushed longer than `grace` ago, except index children of a
+    /// manifest of their repository and referrers whose subject is there; returns the
+    /// repositories that lost one (their caches are outdated) and the count. Their blobs'
+    /// links then count as unreferenced, as after a delete by digest.
+    ///
+    /// Each manifest goes in a transaction of its own that locks its row first (skipping
+    /// one a push holds) and only then, in later statements, looks for a tag, a parent
+    /// and a subject: a tag or index pushed meanwhile has committed by then, or waits
+    /// for this transaction and then re-creates the manifest (a push) or finds it gone
+    /// (an index: `MANIFEST_BLOB_UNKNOWN`, and the client pushes the child again).
+    pub async fn collect_untagged(
+        &self,
+        namespace: &str,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<(Vec<String>, u64)> {
+        let prefix = if namespace.is_empty() { String::new() } else { format!("{namespace}/") };
+        let sql = format!(
+            "SELECT m.repository_id, m.digest, r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE (r.name = $1 OR substr(r.name, 1, length($2)) = $2 OR $2 = '') AND m.created_at <= {} - $3 \
+             AND (m.repository_id, m.digest) > ($4, $5) AND {UNKEPT} \
+             ORDER BY m.repository_id, m.digest LIMIT 500",
+            self.clock()
+        );
+        let (mut repos, mut removed, mut after): (Vec<String>, u64, (i64, String)) =
+            (Vec::new(), 0, (i64::MIN, String::new()));
+        loop {
+            let q = sqlx::query(&sql).bind(namespace).bind(&prefix).bind(millis(grace)).bind(after.0).bind(&after.1);
+            let page = q.fetch_all(self.reader()).await?;
+            let Some(last) = page.last() else { break };
+            after = (last.try_get(0)?, last.try_get(1)?);
+            for row in &page {
+                let (repo, digest, name): (i64, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                if dry_run || self.collect_manifest(repo, &digest, &name, grace).await? {
+                    removed += 1;
+                    if repos.last() != Some(&name) {
+                        repos.push(name);
+                    }
+                }
+            }
+        }
+        Ok((repos, removed))
+    }
+
+    async fn collect_manifest(&self, repo: i64, digest: &str, name: &str, grace: Duration) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let lock = if self.is_sqlite() { "" } else { " FOR UPDATE SKIP LOCKED" };
+        let sql = format!(
+            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 AND created_at <= {} - $3{lock}",
+            self.clock()
+        );
+        let locked = sqlx::query(&sql).bind(repo).bind(digest).bind(millis(grace)).fetch_optional(tx.conn()).await?;
+        let check = format!("SELECT 1 FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2 AND {UNKEPT}");
+        if locked.is_none() || sqlx::query(&check).bind(repo).bind(digest).fetch_optional(tx.conn()).await?.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+        ] {
+            sqlx::query(sql).bind(repo).bind(digest).execute(tx.conn()).await?;
+        }
+        tx.audit(&Actor::system(), Record::ok("manifest.collect", &format!("{name}@{digest}"))).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     // ---- decisions ----------------------------------------------------------------
 
     /// A page (after `after`, by digest) of blobs that a pass with `grace` frees: no
@@ -341,6 +413,15 @@ impl MetadataStore {
         Ok(known)
     }
 }
+
+/// The condition on manifest `m` that nothing keeps it: no tag, no manifest of its
+/// repository that has it as a child, no subject in its repository.
+const UNKEPT: &str =
+    "NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.manifest_digest = m.digest) \
+     AND NOT EXISTS (SELECT 1 FROM manifest_references p WHERE p.repository_id = m.repository_id \
+         AND p.target_digest = m.digest AND p.kind = 'manifest') \
+     AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id \
+         AND s.digest = m.subject))";
 
 fn collectable(r: &sqlx::any::AnyRow) -> Result<Collectable> {
     Ok(Collectable { digest: r.try_get(0)?, size: r.try_get::<i64, _>(1)? as u64 })

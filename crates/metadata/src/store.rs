@@ -433,22 +433,25 @@ impl MetadataStore {
             return Err(PutManifestError::Missing(target));
         }
         let now = now_millis();
-        sqlx::query(
+        // The push time is the database's: collection of untagged manifests measures
+        // its grace on that clock. A re-push renews it.
+        let sql = format!(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repository_id, digest) DO UPDATE SET media_type = excluded.media_type",
-        )
-        .bind(repo)
-        .bind(m.digest.as_str())
-        .bind(m.media_type)
-        .bind(m.artifact_type)
-        .bind(m.subject.map(Digest::as_str))
-        .bind(m.annotations.as_deref())
-        .bind(m.content.len() as i64)
-        .bind(m.content)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET media_type = excluded.media_type, created_at = excluded.created_at",
+            self.clock()
+        );
+        sqlx::query(&sql)
+            .bind(repo)
+            .bind(m.digest.as_str())
+            .bind(m.media_type)
+            .bind(m.artifact_type)
+            .bind(m.subject.map(Digest::as_str))
+            .bind(m.annotations.as_deref())
+            .bind(m.content.len() as i64)
+            .bind(m.content)
+            .execute(tx.conn())
+            .await?;
         for (kind, targets) in [(BLOB, &m.blobs), (MANIFEST, &m.children)] {
             for target in targets.iter() {
                 sqlx::query(

@@ -42,10 +42,15 @@ async fn upload(store: &MetadataStore, repo: &str, d: &Digest) {
     assert!(store.commit_blob(repo, d, 10, &id).await.unwrap(), "the upload of {d} commits");
 }
 
-async fn push(store: &MetadataStore, repo: &str, m: &NewManifest<'_>, tag: &str) -> Result<(), PutManifestError> {
+async fn push(
+    store: &MetadataStore,
+    repo: &str,
+    m: &NewManifest<'_>,
+    tag: Option<&str>,
+) -> Result<(), PutManifestError> {
     let hold = uuid::Uuid::new_v4().to_string();
     assert!(store.hold_blob(&hold, m.digest).await.unwrap());
-    store.put_manifest(repo, m, Some(tag), &hold, &Actor::system()).await
+    store.put_manifest(repo, m, tag, &hold, &Actor::system()).await
 }
 
 async fn collectable(store: &MetadataStore, grace: Duration) -> Vec<String> {
@@ -70,7 +75,7 @@ async fn links_go_only_when_unreferenced_and_older_than_the_grace() {
         let (layer, loose, m) = (digest(1), digest(2), digest(3));
         upload(&store, "app", &layer).await;
         upload(&store, "app", &loose).await;
-        push(&store, "app", &manifest(&m, vec![&layer]), "v1").await.unwrap();
+        push(&store, "app", &manifest(&m, vec![&layer]), Some("v1")).await.unwrap();
         assert_eq!(store.collect_links(HOUR, false).await.unwrap().1, 0, "young links stay");
         assert!(collectable(&store, HOUR).await.is_empty());
         assert_eq!(collectable(&store, NOW).await, vec![loose.to_string()], "the dry run's answer");
@@ -93,7 +98,7 @@ async fn shared_blobs_and_manifest_copies_go_with_their_last_reference() {
         let (layer, m) = (digest(4), digest(5));
         for repo in ["a", "b"] {
             upload(&store, repo, &layer).await;
-            push(&store, repo, &manifest(&m, vec![&layer]), "v1").await.unwrap();
+            push(&store, repo, &manifest(&m, vec![&layer]), Some("v1")).await.unwrap();
         }
         assert!(store.delete_manifest("a", &m, &Actor::system()).await.unwrap());
         assert!(decide_all(&store, NOW).await.is_empty(), "b still uses both");
@@ -148,7 +153,7 @@ async fn a_stalled_writer_whose_hold_expired_cannot_commit() {
         store.finish_deletion(d.as_str()).await.unwrap();
         assert!(store.hold_blob("next", &d).await.unwrap(), "after the delete the digest is writable again");
         assert!(store.commit_blob("app", &d, 10, "next").await.unwrap());
-        push(&store, "app", &manifest(&m, vec![&d]), "v1").await.unwrap();
+        push(&store, "app", &manifest(&m, vec![&d]), Some("v1")).await.unwrap();
     }
 }
 
@@ -224,7 +229,7 @@ async fn a_link_checked_by_a_manifest_push_is_not_collected() {
         let mut watcher = PgConnection::connect(&url).await.unwrap();
         let pushed = tokio::spawn({
             let (store, layer, m) = (store.clone(), layer.clone(), m.clone());
-            async move { push(&store, "app", &manifest(&m, vec![&layer]), "v1").await.map_err(|e| format!("{e:?}")) }
+            async move { push(&store, "app", &manifest(&m, vec![&layer]), Some("v1")).await.map_err(|e| format!("{e:?}")) }
         });
         lock_waiters(&mut watcher, 1).await;
         let (_, removed) = store.collect_links(NOW, false).await.unwrap();
@@ -254,5 +259,52 @@ async fn a_decision_gives_way_to_a_writer_of_its_digest() {
         assert!(!store.decide_deletion(d.as_str(), NOW, false).await.unwrap(), "decided under a writer");
         writer.execute("COMMIT").await.unwrap();
         assert!(store.decide_deletion(d.as_str(), NOW, false).await.unwrap());
+    }
+}
+
+/// Untagged manifests go under a policy, a grace period after their push, and never
+/// while an index of their repository has them as a child or while their subject is
+/// there: an untagged tree goes from the top down. Other namespaces and
+/// tagged manifests are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untagged_manifests_go_top_down_and_keep_what_kept_manifests_need() {
+    for (store, _, _dir) in stores("gc_untagged").await {
+        let [a, b, index, loose, sig, stray, absent, tagged, elsewhere] =
+            [20, 21, 22, 23, 24, 25, 26, 27, 28].map(digest);
+        for m in [&a, &b, &loose] {
+            push(&store, "ns/app", &manifest(m, vec![]), None).await.unwrap();
+        }
+        let multi = NewManifest { children: vec![&a, &b], ..manifest(&index, vec![]) };
+        push(&store, "ns/app", &multi, Some("multi")).await.unwrap();
+        push(&store, "ns/app", &NewManifest { subject: Some(&a), ..manifest(&sig, vec![]) }, None).await.unwrap();
+        let orphaned = NewManifest { subject: Some(&absent), ..manifest(&stray, vec![]) };
+        push(&store, "ns/app", &orphaned, None).await.unwrap();
+        push(&store, "ns/app", &manifest(&tagged, vec![]), Some("v1")).await.unwrap();
+        push(&store, "other/app", &manifest(&elsewhere, vec![]), None).await.unwrap();
+        let present = |repo: &'static str, d: Digest| {
+            let store = store.clone();
+            async move { store.manifest_by_digest(repo, &d).await.unwrap().is_some() }
+        };
+
+        assert_eq!(store.collect_untagged("ns", HOUR, false).await.unwrap().1, 0, "within the grace");
+        assert_eq!(store.collect_untagged("ns", NOW, true).await.unwrap().1, 2, "the dry run's count");
+        assert!(present("ns/app", loose.clone()).await, "a dry run deletes nothing");
+        assert_eq!(store.collect_untagged("ns", NOW, false).await.unwrap(), (vec!["ns/app".to_owned()], 2));
+        assert!(!present("ns/app", loose.clone()).await && !present("ns/app", stray.clone()).await);
+        for kept in [&a, &b, &index, &sig, &tagged] {
+            assert!(present("ns/app", kept.clone()).await, "{kept} is needed");
+        }
+        assert!(present("other/app", elsewhere.clone()).await, "another namespace");
+
+        assert!(store.delete_tag("ns/app", "multi", &Actor::system()).await.unwrap());
+        let mut passes = Vec::new();
+        for _ in 0..4 {
+            passes.push(store.collect_untagged("ns", NOW, false).await.unwrap().1);
+        }
+        // The index first; its children and their referrer in that pass (a later page
+        // already sees the index gone) or the next ones.
+        assert_eq!((passes.iter().sum::<u64>(), passes[3]), (4, 0), "passes freed {passes:?}");
+        assert!(present("ns/app", tagged.clone()).await);
+        assert_eq!(store.collect_untagged("", NOW, false).await.unwrap().1, 1, "\"\" is every repository");
     }
 }

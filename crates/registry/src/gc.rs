@@ -26,22 +26,35 @@ pub struct GcOptions {
     pub scan_storage: bool,
     /// Report what would be freed; change nothing.
     pub dry_run: bool,
+    /// Namespaces (`""`: all) whose untagged manifests go, each after its grace period.
+    pub untagged: Vec<(String, Duration)>,
+}
+
+impl GcOptions {
+    /// A pass with the configured grace period and hold lease.
+    pub fn configured(settings: &crate::Settings) -> GcOptions {
+        GcOptions {
+            grace: settings.gc_grace,
+            hold_lease: settings.gc_hold_lease,
+            scan_storage: false,
+            dry_run: false,
+            untagged: settings.gc_untagged.clone(),
+        }
+    }
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions {
-            grace: crate::Settings::default().gc_grace,
-            hold_lease: Duration::from_secs(3600),
-            scan_storage: false,
-            dry_run: false,
-        }
+        GcOptions::configured(&crate::Settings::default())
     }
 }
 
 /// What a pass did, or in a dry run would do.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
+    /// Untagged manifests deleted under `berth.gc.untagged` (a dry run counts them, but
+    /// not yet the blobs only they use: those go in the same real pass).
+    pub manifests: u64,
     /// Links removed from repositories (no manifest there references them).
     pub links: u64,
     /// Blobs (and manifest copies) whose bytes were deleted, with their sizes; at most
@@ -84,12 +97,15 @@ impl Registry {
         if !opts.dry_run {
             report.holds_expired = self.meta.expire_holds(opts.hold_lease).await?;
         }
+        for (namespace, grace) in &opts.untagged {
+            let (repos, n) = self.meta.collect_untagged(namespace, *grace, opts.dry_run).await?;
+            report.manifests += n;
+            repos.iter().for_each(|r| self.caches.changed(r));
+        }
         let (repos, links) = self.meta.collect_links(opts.grace, opts.dry_run).await?;
         report.links = links;
-        // A removed link changes what the repository serves.
-        for repo in &repos {
-            self.caches.changed(repo);
-        }
+        // A removed link (or manifest) changes what the repository serves.
+        repos.iter().for_each(|r| self.caches.changed(r));
         if opts.scan_storage && !opts.dry_run {
             report.orphans_seen = self.note_orphans().await?;
         }

@@ -52,6 +52,12 @@ pub struct Settings {
     /// How long garbage collection leaves an unreferenced link, or an unrecorded object
     /// found in storage (`berth.gc.grace`).
     pub gc_grace: Duration,
+    /// How long a writer may hold a digest before collection treats the hold as
+    /// abandoned (`berth.gc.holdlease`).
+    pub gc_hold_lease: Duration,
+    /// Namespaces whose untagged manifests are collected, each after its grace period
+    /// (`berth.gc.untagged`; `""` is every repository). Elsewhere they are kept.
+    pub gc_untagged: Vec<(String, Duration)>,
 }
 
 impl Default for Settings {
@@ -66,6 +72,8 @@ impl Default for Settings {
             max_sessions: 10_000,
             orphan_grace: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(24 * 3600),
+            gc_hold_lease: Duration::from_secs(3600),
+            gc_untagged: Vec::new(),
         }
     }
 }

@@ -368,3 +368,22 @@ async fn pushes_pulls_and_deletes_racing_collection_lose_nothing() {
         "recorded blobs nothing references: {left:?}"
     );
 }
+
+/// Under an untagged policy a pass deletes the manifests no tag names and, in the same
+/// pass, the blobs only they used; a tagged image beside them stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untagged_policy_frees_untagged_images_in_one_pass() {
+    let s = Server::start().await;
+    let old = s.push_image("team/app", "latest", "old").await;
+    let (old_config, old_layer) = s.push_image_blobs("team/app", "old").await;
+    let new = s.push_image("team/app", "latest", "new").await;
+    s.get(&format!("/v2/team/app/manifests/{}", old.digest)).await.status(200);
+    let policy = GcOptions { untagged: vec![("team".into(), Duration::ZERO)], ..now() };
+    assert_eq!(pass(&s, GcOptions { untagged: vec![], ..now() }).await, GcReport::default(), "kept by default");
+    let done = pass(&s, policy).await;
+    assert_eq!(done.manifests, 1);
+    assert_eq!(freed(&done), sorted(vec![old.digest.clone(), old_config.digest, old_layer.digest]));
+    s.get(&format!("/v2/team/app/manifests/{}", old.digest)).await.error(404, "MANIFEST_UNKNOWN");
+    let r = s.get("/v2/team/app/manifests/latest").await;
+    assert_eq!(sha256(&r.status(200).body), new.digest);
+}
